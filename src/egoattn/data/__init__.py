@@ -1,0 +1,1 @@
+"""Data layer: decoding, synthetic data, preparation, flow, clip storage and loading."""

@@ -1,0 +1,1 @@
+"""Explanation: attention maps over frames, and how well they point at the active object."""

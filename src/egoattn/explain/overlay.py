@@ -1,0 +1,54 @@
+"""Draw attention maps over frames and write them as GIF, MP4 and a grid PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from egoattn.explain.scoring import upsample_map
+from egoattn.fileio import atomic_path
+
+
+def overlay(frame: np.ndarray, attention: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a JET-coloured attention map (any resolution, any range) over an RGB uint8 frame."""
+    up = upsample_map(attention, frame.shape[:2])
+    lo, hi = float(up.min()), float(up.max())
+    norm = ((up - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(up)).astype(np.uint8)
+    heat = cv2.cvtColor(cv2.applyColorMap(norm, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)
+
+
+def put_label(frame: np.ndarray, text: str, scale: float = 0.4) -> np.ndarray:
+    """Write `text` on a dark band at the top of a copy of the frame."""
+    out = frame.copy()
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (min(out.shape[1], tw + 6), th + base + 4), (0, 0, 0), -1)
+    cv2.putText(out, text, (3, th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
+    """Tile equally sized RGB frames: rows of columns, with a white gap."""
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            canvas[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = img
+    return canvas
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def write_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 4.0) -> None:
+    images = [Image.fromarray(f) for f in frames]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=int(1000 / fps), loop=0)

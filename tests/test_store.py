@@ -115,3 +115,11 @@ def test_corrupt_or_missing_clip_is_named(tmp_path):
     r._meta = {**r.meta, "num_frames": 6}
     with pytest.raises(BadInputError, match=r"undecodable image 'rgb/000005.jpg'"):
         r.read_rgb([5])
+
+
+def test_bad_input_error_survives_pickling_and_worker_reraise():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(BadInputError("a.mp4", "truncated")))
+    assert str(e) == "a.mp4: truncated" and e.problem == "truncated"
+    assert str(BadInputError("a.mp4: truncated")) == "a.mp4: truncated"  # how DataLoader workers re-raise

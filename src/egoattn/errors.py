@@ -12,10 +12,15 @@ class EgoattnError(Exception):
 class BadInputError(EgoattnError):
     """A file (video, frame, manifest, checkpoint, config) that cannot be used as given."""
 
-    def __init__(self, path: str | Path | None, problem: str) -> None:
+    def __init__(self, path: str | Path | None, problem: str | None = None) -> None:
+        if problem is None:
+            # Re-raised from a message alone (pickling, DataLoader workers): keep the message as is.
+            path, problem, message = None, str(path), str(path)
+        else:
+            message = f"{path}: {problem}" if path is not None else problem
         self.path = None if path is None else Path(path)
         self.problem = problem
-        super().__init__(f"{path}: {problem}" if path is not None else problem)
+        super().__init__(message)
 
 
 class ConfigError(EgoattnError):

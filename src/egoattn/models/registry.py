@@ -1,0 +1,52 @@
+"""Model registry: a plain dict from name to builder, and ``create_model`` (timm style)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from egoattn.errors import ConfigError
+from egoattn.models.egornn import egornn
+from egoattn.models.flow_stream import flow
+from egoattn.models.frame_average import frame_average
+from egoattn.models.two_in_one import two_in_one
+from egoattn.models.twostream import twostream
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "egornn": egornn,
+    "flow": flow,
+    "twostream": twostream,
+    "two_in_one": two_in_one,
+    "frame_average": frame_average,
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options of model ``name`` and their defaults (everything but num_classes)."""
+    builder = _builder(name)
+    return {p.name: p.default for p in inspect.signature(builder).parameters.values() if p.name != "num_classes"}
+
+
+def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` actions; unknown names and options raise ConfigError."""
+    builder = _builder(name)
+    known = model_options(name)
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; "
+                          f"its options are: {', '.join(known)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return builder(num_classes, **options)
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return MODELS[name]

@@ -11,8 +11,10 @@ from egoattn.errors import ConfigError
 from egoattn.models.egornn import egornn
 from egoattn.models.flow_stream import flow
 from egoattn.models.frame_average import frame_average
+from egoattn.models.pose_attention import pose_granularity, pose_lstm, pose_parts, pose_separable
 from egoattn.models.two_in_one import two_in_one
 from egoattn.models.twostream import twostream
+from egoattn.models.videolstm import videolstm, videolstm_motion
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "egornn": egornn,
@@ -20,6 +22,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "twostream": twostream,
     "two_in_one": two_in_one,
     "frame_average": frame_average,
+    "videolstm": videolstm,
+    "videolstm_motion": videolstm_motion,
+    "pose_lstm": pose_lstm,  # pose-encoder pretraining on the action labels
+    "pose_separable": pose_separable,
+    "pose_parts": pose_parts,
+    "pose_granularity": pose_granularity,
 }
 
 

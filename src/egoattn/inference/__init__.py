@@ -1,0 +1,1 @@
+"""Inference on raw videos (`egoattn predict`) and deployable exports (`egoattn export`)."""

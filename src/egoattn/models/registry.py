@@ -12,6 +12,7 @@ from egoattn.models.egornn import egornn
 from egoattn.models.flow_stream import flow
 from egoattn.models.frame_average import frame_average
 from egoattn.models.pose_attention import pose_granularity, pose_lstm, pose_parts, pose_separable
+from egoattn.models.stanet import stanet, stanet_rgb
 from egoattn.models.two_in_one import two_in_one
 from egoattn.models.twostream import twostream
 from egoattn.models.videolstm import videolstm, videolstm_motion
@@ -28,6 +29,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "pose_separable": pose_separable,
     "pose_parts": pose_parts,
     "pose_granularity": pose_granularity,
+    "stanet_rgb": stanet_rgb,  # STANet stage 1: Ego-RNN with attention="cam"|"channel"|"none"
+    "stanet": stanet,  # STANet stage 3: [flow, RGB] per step -> second-order attentional pooling
 }
 
 

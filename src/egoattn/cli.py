@@ -143,6 +143,157 @@ def compare(
 
 
 @app.command()
+def protect(
+    input: Path = typer.Argument(..., help="An image, a folder of images (and videos), or a video."),
+    out: Path = typer.Argument(..., help="Output folder: protected PNG/MP4 files, report.json, report.md."),
+    classifier: str = typer.Option("bundled", help="Classifier to mislead: bundled (offline ImageNet EfficientNet-Lite0)."),
+    sigma: float = typer.Option(0.99, help="Private classes = the smallest top set reaching this cumulative probability."),
+    private: Optional[List[str]] = typer.Option(
+        None, "--private", help="A fixed private class (ImageNet name or id) instead of the sigma rule (repeatable); "
+                                "'screens' = monitors, screens, laptops, phones."),
+    eps: float = typer.Option(8.0, help="Maximum change per pixel, in grey levels (of 255)."),
+    delta: float = typer.Option(1.0, help="Step size, in grey levels (of 255)."),
+    max_iter: int = typer.Option(100, help="Maximum number of signed-gradient steps."),
+    stop_confidence: float = typer.Option(0.99, help="Stop once the target class has this probability."),
+    lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 video (lossy H.264 can undo the perturbation)."),
+    crf: int = typer.Option(18, help="H.264 quality of lossy video output."),
+    seed: int = typer.Option(0, help="Seed of the target draws."),
+    batch_size: int = typer.Option(8, help="Images or frames per P-FGSM batch."),
+    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+) -> None:
+    """Privacy protection (P-FGSM): imperceptibly change images/videos so that a classifier no longer sees their private classes."""
+    from egoattn.errors import ConfigError
+    from egoattn.privacy.pfgsm import SCREEN_AND_PHONE_CLASSES
+    from egoattn.privacy.protect import make_options, protect as run_protect
+
+    try:
+        if eps < 1 or delta < 1:
+            raise ConfigError(f"--eps and --delta are in grey levels of 255 (e.g. --eps 8), got eps={eps}, delta={delta}")
+        classes = None
+        if private:
+            classes = []
+            for c in private:
+                classes.extend(SCREEN_AND_PHONE_CLASSES if c.strip().lower() == "screens" else [c])
+        options = make_options(sigma=sigma, eps=eps / 255, delta=delta / 255, max_iter=max_iter,
+                               stop_confidence=stop_confidence, private_classes=classes, lossless=lossless,
+                               crf=crf, seed=seed, batch_size=batch_size)
+        report = run_protect(input, out, classifier=classifier, options=options, device=device)
+        agg = report["aggregate"]
+        typer.echo(f"{agg['protected_units']}/{agg['units']} images/frames protected; mean PSNR "
+                   f"{agg['mean_psnr'] or float('nan'):.2f} dB; report: {out / 'report.md'}")
+    except EgoattnError as e:
+        _fail(e)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory of a trained RGB model."),
+    videos: List[Path] = typer.Argument(..., help="Video files (anything PyAV decodes) or directories of videos."),
+    window: Optional[float] = typer.Option(None, help="Cut each video into windows of this many seconds (a timeline)."),
+    stride: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the window length)."),
+    top_k: int = typer.Option(5, "--top-k", help="How many labels to report per clip or window."),
+    overlay: Optional[Path] = typer.Option(None, help="Write OUT.mp4 with the label and the attention drawn on it."),
+    out: Optional[Path] = typer.Option(None, help="Folder for predictions.json and the timelines "
+                                                  "(default ./predictions with --window)."),
+) -> None:
+    """Top-k action labels of whole videos, or a timeline of windows; streams the video (flat memory)."""
+    from egoattn.inference.predict import predict_videos
+
+    try:
+        report = predict_videos(run, videos, window=window, stride=stride, top_k=top_k, overlay=overlay,
+                                out=out, echo=typer.echo)
+    except EgoattnError as e:
+        _fail(e)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="Run directory of a trained model."),
+    input: Path = typer.Argument(..., help="A prepared dataset (clips of --split) or a video file."),
+    compare: Optional[Path] = typer.Option(None, help="A second run shown side by side (and scored alongside)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/explain-<split> or RUN/explain-<video>)."),
+    num_clips: int = typer.Option(4, help="Clips to draw (one per class first, deterministic)."),
+    split: Optional[str] = typer.Option(None, help="Split whose test clips are used (default: the run's split)."),
+) -> None:
+    """Attention overlays (GIF, MP4, grid PNG) and, with ground-truth masks, pointing game vs the centre prior."""
+    from egoattn.explain.explain import explain_run
+
+    try:
+        explain_run(run, input, split=split, out=out, num_clips=num_clips, compare=compare)
+    except EgoattnError as e:
+        _fail(e)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory of a trained RGB model."),
+    format: str = typer.Option("onnx", "--format", help="onnx | torchscript."),
+    out: Optional[Path] = typer.Option(None, help="Model file (default RUN/export/model.onnx or model.pt)."),
+) -> None:
+    """A deployable model (rgb (1,T,3,H,W) -> logits [, attention]) with its preprocessing in a JSON beside it."""
+    from egoattn.inference.export import export_run
+
+    try:
+        path = export_run(run, format=format, out=out)
+    except EgoattnError as e:
+        _fail(e)
+    typer.echo(f"exported {path} (preprocessing: {path.with_suffix('.json')})")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run directory (or a demo output folder)."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default RUN/report.html)."),
+    eval: Optional[List[Path]] = typer.Option(
+        None, "--eval", help="An evaluation folder to include (repeatable; RUN/eval-* are found anyway)."),
+    attention: Optional[List[Path]] = typer.Option(
+        None, "--attention", help="An `egoattn explain` output folder to include (repeatable)."),
+) -> None:
+    """One self-contained HTML page of a run: metrics, learning curves, per-class table, matrices, attention, config."""
+    from egoattn.report import write_report
+
+    try:
+        path = write_report(run, out=out, eval_dirs=eval or [], attention_dirs=attention or [])
+    except EgoattnError as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def baseline(
+    data: Path = typer.Option(..., help="Prepared dataset folder."),
+    features: str = typer.Option("hof", help="hof | hmag | mbh, joined by '+'; prefix 'warp:' for warp flow."),
+    classifier: str = typer.Option("svm", help="svm | knn."),
+    split: str = typer.Option("gtea61", help="Split, e.g. gtea61, loso:S2, fpvo."),
+    out: Path = typer.Option(Path("baselines"), help="Results go to OUT/<name>-<split>, the feature cache to OUT/features."),
+    c: float = typer.Option(1.0, "--C", help="SVM regularisation C."),
+    kernel: str = typer.Option("rbf", help="SVM kernel: rbf | linear."),
+    k: int = typer.Option(1, help="KNN neighbours."),
+    levels: str = typer.Option("1,2,4", help="Temporal pyramid levels, comma-separated."),
+    grid: int = typer.Option(1, help="1 = whole frame, 2 = 2x2 spatial cells."),
+    pool: str = typer.Option("mean", help="Temporal pooling: mean | max | mean+max."),
+    max_flows: int = typer.Option(64, help="At most this many evenly spaced flow frames per clip."),
+) -> None:
+    """Handcrafted motion features + SVM/KNN (seed 000 Table II), written like `egoattn evaluate`."""
+    from egoattn.baselines.classify import run_baseline
+    from egoattn.errors import ConfigError
+
+    try:
+        try:
+            level_list = tuple(int(v) for v in levels.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"--levels must be comma-separated integers, got {levels!r}") from None
+        metrics = run_baseline(data, features, classifier=classifier, split=split, out=out, C=c, kernel=kernel,
+                               k=k, levels=level_list, grid=grid, pool=pool, max_flows=max_flows)
+    except EgoattnError as e:
+        _fail(e)
+    typer.echo(f"{metrics['name']} on {split}: top-1 {100 * metrics['top1']:.1f}%, "
+               f"macro F1 {100 * metrics['macro_f1']:.1f}% -> {metrics['run']}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Folder for the dataset, the run and the results."),
     preset: str = typer.Option("default", help="Synthetic preset."),

@@ -1,0 +1,109 @@
+"""Frozen-backbone feature cache (`egoattn train --cache-features`).
+
+When no backbone parameter trains and the backbone stays in eval mode (Ego-RNN stage 1, the frame
+average baseline), the backbone's per-frame output is a fixed function of the frames. Running it
+once per clip and training the ConvLSTM / classifier from the cache gives the same loss as running
+it at every step, at a fraction of the cost - on a CPU the backbone is almost all of a step.
+
+Trade-off: the cache holds ONE view per clip, made with the deterministic test transform (resize,
+centre crop, no flip). Random crops and flips are therefore NOT applied to cached training clips;
+a cached run trains on fixed views (more over-fitting on small data, much faster epochs).
+The cache lives in RAM (float32, so a cached step equals an uncached one to float precision).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
+
+from egoattn.data.dataset import ClipDataset, EgoDataModule
+from egoattn.errors import ConfigError
+from egoattn.training.task import ActionRecognitionTask
+
+
+def check_cacheable(task: ActionRecognitionTask, modalities: list[str] | tuple[str, ...]) -> None:
+    """ConfigError unless the model's `encode_frames` is frozen: no gradient, no train-mode module."""
+    model, name = task.model, task.recipe.model.name
+    if not hasattr(model, "encode_frames"):
+        raise ConfigError(f"--cache-features: model {name!r} has no encode_frames (no frozen backbone to cache)")
+    if set(modalities) != {"rgb"}:
+        raise ConfigError(f"--cache-features caches rgb frames only; this recipe also loads {sorted(set(modalities) - {'rgb'})}")
+    task.train()
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and backbone.training:
+        raise ConfigError("--cache-features: the backbone is not in params.eval_modules, so its BatchNorm "
+                          "statistics and dropout would change during training")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    if trainable:
+        raise ConfigError(f"--cache-features needs a frozen backbone, but these backbone parameters train: "
+                          f"{trainable[:4]}{' ...' if len(trainable) > 4 else ''}")
+
+
+@torch.no_grad()
+def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size: int,
+                   device: torch.device, description: str = "caching features") -> list[dict[str, Any]]:
+    """One item per clip: {"frame_features": {key: (T, ...) float32}, "label", "clip_id"}."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    model = task.model
+    was_training = task.training
+    task.train()  # the mode training runs in; the frozen part is in eval mode (checked above)
+    model.to(device)
+    items: list[dict[str, Any]] = []
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(description, total=len(dataset))
+        for batch in loader:
+            features = model.encode_frames(batch["rgb"].to(device))
+            for i in range(batch["rgb"].shape[0]):
+                items.append({
+                    "frame_features": {k: v[i].float().cpu().clone() for k, v in features.items()},
+                    "label": int(batch["label"][i]),
+                    "clip_id": batch["clip_id"][i],
+                })
+            progress.advance(bar, batch["rgb"].shape[0])
+    task.train(was_training)
+    return items
+
+
+class CachedClips(Dataset):
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+class CachedFeatureDataModule(L.LightningDataModule):
+    """Train / val loaders over cached frame features (same splits as the wrapped EgoDataModule)."""
+
+    def __init__(self, train_items: list[dict[str, Any]], val_items: list[dict[str, Any]], batch_size: int,
+                 seed: int, classes: list[str]) -> None:
+        super().__init__()
+        self.train_set, self.val_set = CachedClips(train_items), CachedClips(val_items)
+        self.batch_size, self.seed, self.classes = batch_size, seed, classes
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+
+def cache_features(task: ActionRecognitionTask, dm: EgoDataModule, device: torch.device) -> CachedFeatureDataModule:
+    """Encode the datamodule's train and val clips once with the test transform."""
+    check_cacheable(task, dm.modalities)
+    dm.setup("fit")
+    assert dm.train_set is not None and dm.val_set is not None
+    # The training clips through the validation set's deterministic pipeline (same sampler, no rng).
+    train_fixed = ClipDataset(dm.root, dm.train_set.records, dm.classes, dm.modalities, dm.val_set.sampler,
+                              dm.val_set.transform, seed=dm.seed, train=False)
+    train_items = encode_dataset(task, train_fixed, dm.batch_size, device, "caching train features")
+    val_items = encode_dataset(task, dm.val_set, dm.batch_size, device, "caching val features")
+    return CachedFeatureDataModule(train_items, val_items, dm.batch_size, dm.seed, dm.classes)

@@ -43,19 +43,24 @@ def synth(
 
 @app.command()
 def prepare(
-    source: Path = typer.Argument(..., help="Source dataset (or, with --check, a prepared dataset)."),
+    source: Path = typer.Argument(..., help="Source dataset (or, with --check, a prepared dataset or source layout)."),
     out: Optional[Path] = typer.Argument(None, help="Output folder of the prepared dataset."),
     format: str = typer.Option("synthetic", "--format", help="synthetic | gtea61 | gtea61-course | videos | segments."),
     check: bool = typer.Option(False, "--check", help="Only report what is wrong with the dataset SOURCE."),
-    short_side: int = typer.Option(256, help="Resize frames so that their short side is this many pixels."),
+    merge: bool = typer.Option(False, "--merge", help="Join the finished shards' manifests in OUT (after --shard runs)."),
+    short_side: int = typer.Option(256, help="Resize frames so that their short side is this many pixels (0 = keep)."),
     flow: str = typer.Option("dis", help="Optical flow method: dis | tvl1 | farneback | none."),
     warp: bool = typer.Option(True, help="Also compute camera-compensated warp flow."),
     motion: bool = typer.Option(True, help="Also compute motion maps (moving vs static, camera removed)."),
-    segments: Optional[Path] = typer.Option(None, help="Segment annotation CSV (format 'segments')."),
-    split_dir: Optional[Path] = typer.Option(None, help="Folder of split files (format 'videos', UCF101/HMDB51 style)."),
+    motion_source: str = typer.Option("flow", help="Motion maps from warp flow (flow) or the synthetic ground truth (gt)."),
+    recompute_flow: bool = typer.Option(False, help="Recompute flow and motion maps a GTEA61 source already has."),
+    bound: float = typer.Option(20.0, help="Flow range +-bound px mapped to 0..255."),
+    classes: Optional[Path] = typer.Option(None, help="Explicit class list (one per line); default: sorted union."),
+    segments: Optional[Path] = typer.Option(None, help="Segment CSV video,start,end,label[,subject] in frames (format 'segments')."),
+    split_dir: Optional[Path] = typer.Option(None, help="Folder with UCF101 split files trainlist01/testlist01 (format 'videos')."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
-    shard: Optional[str] = typer.Option(None, help="K/N: prepare only the K-th of N shards (1-based)."),
-    skip_bad: bool = typer.Option(False, help="Skip bad inputs and report them instead of stopping."),
+    shard: Optional[str] = typer.Option(None, help="K/N: prepare only the K-th of N shards (1-based); then --merge."),
+    skip_bad: bool = typer.Option(False, help="Skip bad inputs (listed in OUT/skipped.csv) instead of stopping."),
 ) -> None:
     """Normalise a source dataset into egoattn's prepared layout (frames, flow, warp flow, motion maps)."""
     try:
@@ -67,13 +72,22 @@ def prepare(
             raise typer.Exit(1 if problems else 0)
         if out is None:
             raise typer.BadParameter("OUT is required unless --check is given")
-        from egoattn.data.prepare import PrepareOptions, prepare_dataset
+        from egoattn.data.prepare import PrepareOptions, merge_shards, prepare_dataset
 
+        if merge:
+            report = merge_shards(out)
+            typer.echo(f"merged: {len(report.records)} clips in {out / 'manifest.csv'}")
+            return
         options = PrepareOptions(
-            format=format, short_side=short_side, flow=flow, warp=warp, motion=motion, segments=segments,
-            split_dir=split_dir, workers=workers, shard=shard, skip_bad=skip_bad,
+            format=format, short_side=short_side, flow=flow, warp=warp, motion=motion, motion_source=motion_source,
+            recompute_flow=recompute_flow, bound=bound, classes=classes, segments=segments, split_dir=split_dir,
+            workers=workers, shard=shard, skip_bad=skip_bad,
         )
-        prepare_dataset(source, out, options)
+        report = prepare_dataset(source, out, options)
+        typer.echo(f"prepared {report.prepared}, already done {report.skipped}, bad {len(report.bad)} "
+                   f"in {report.seconds:.1f} s -> {out}")
+        if report.bad:
+            typer.echo(f"skipped bad inputs are listed in {out}/skipped*.csv")
     except EgoattnError as e:
         _fail(e)
 

@@ -214,6 +214,8 @@ torch = pytest.importorskip("torch")
 class TinyModel(torch.nn.Module):
     """Logits from the mean colour of the clip; rejects keys the real models do not take."""
 
+    input_keys = ("rgb", "flow")
+
     def __init__(self, k: int) -> None:
         super().__init__()
         self.fc = torch.nn.Linear(3, k)

@@ -28,7 +28,7 @@ from egoattn.data.samplers import (
     ShortClipError,
     UniformSampler,
 )
-from egoattn.data.transforms import test_transform, train_transform
+from egoattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
 from egoattn.errors import BadInputError, ConfigError
 
 MODALITIES = ("rgb", "flow", "warp", "flow_pair", "motion", "mask", "keypoints", "order")
@@ -238,6 +238,8 @@ class EgoDataModule(L.LightningDataModule):
         val_fraction: float = 0.15,
         flow_test_stacks: int = 1,
         short_clip: str = "error",
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         if sampler not in ("uniform", "consecutive"):
@@ -252,6 +254,7 @@ class EgoDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
         self.val, self.val_fraction, self.flow_test_stacks = val, float(val_fraction), int(flow_test_stacks)
         self.short_clip = short_clip
+        self.mean, self.std = tuple(mean), tuple(std)  # the backbone's input normalisation
         self.classes: list[str] = read_classes(self.root / "classes.txt")
         self.train_set: ClipDataset | None = None
         self.val_set: ClipDataset | None = None
@@ -266,7 +269,7 @@ class EgoDataModule(L.LightningDataModule):
         return cls(self.num_frames, short_clip=self.short_clip)  # type: ignore[arg-type]
 
     def _dataset(self, records: list[ClipRecord], train: bool, flow_sampler: FlowStackSampler) -> ClipDataset:
-        transform = (train_transform if train else test_transform)(self.size, self.resize)
+        transform = (train_transform if train else test_transform)(self.size, self.resize, self.mean, self.std)
         return ClipDataset(self.root, records, self.classes, self.modalities, self._frame_sampler(), transform,
                            flow_sampler=flow_sampler, seed=self.seed, train=train)
 

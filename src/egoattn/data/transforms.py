@@ -251,15 +251,18 @@ class Compose:
         return clip
 
 
-def train_transform(size: int = 224, resize: int = 256) -> Compose:
+def train_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                    std: tuple[float, float, float] = IMAGENET_STD) -> Compose:
     """Ego-RNN training augmentation: resize short side, random flip, multi-scale corner crop to
-    `size`, normalise, to tensors."""
-    return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size), Normalize(), ToTensorClip()))
+    `size`, normalise (with the backbone's mean/std), to tensors."""
+    return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size), Normalize(mean, std),
+                    ToTensorClip()))
 
 
-def test_transform(size: int = 224, resize: int = 256) -> Compose:
+def test_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                   std: tuple[float, float, float] = IMAGENET_STD) -> Compose:
     """Ego-RNN test pre-processing: resize short side, centre crop `size`, normalise, to tensors."""
-    return Compose((Resize(resize), CenterCrop(size), Normalize(), ToTensorClip()))
+    return Compose((Resize(resize), CenterCrop(size), Normalize(mean, std), ToTensorClip()))
 
 
 test_transform.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported

@@ -28,29 +28,10 @@ from egoattn.data.manifest import read_classes
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.evaluation.metrics import compute_metrics, headline, write_metrics
 from egoattn.evaluation.plots import plot_confusion, plot_correlation, plot_learning_curves
+from egoattn.models.registry import model_inputs
 
-#: Loader keys that are model inputs. `warp` (camera-compensated flow) feeds the same flow stream as
-#: plain flow, so it is passed as `flow=`. Everything else (label, clip_id, frame_indices, motion,
-#: mask, keypoints, order_*) is ground truth or bookkeeping and stays out of the forward call.
-MODEL_INPUT_KEYS = ("rgb", "flow", "flow_pair", "frame_features")
 #: Inputs that are images (last two dims H, W) and can be cropped.
 SPATIAL_KEYS = ("rgb", "flow", "flow_pair")
-
-
-def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The keyword tensors of the model's forward from a loader batch.
-
-    rgb -> rgb, flow -> flow, warp -> flow, flow_pair -> flow_pair, frame_features -> frame_features.
-    """
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-    if "warp" in batch:
-        if "flow" in batch:
-            raise BadInputError(None, "batch has both 'flow' and 'warp'; a flow stream takes only one of them")
-        inputs["flow"] = batch["warp"]
-    if not inputs:
-        raise BadInputError(None, f"batch has no model input (expected one of {MODEL_INPUT_KEYS} or warp); "
-                                  f"keys: {sorted(batch)}")
-    return inputs
 
 
 def five_crops(inputs: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
@@ -105,7 +86,7 @@ def predict_logits(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], 
     logits, labels, clip_ids = [], [], []
     with torch.inference_mode():
         for batch in loader:
-            inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()}
+            inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(model, batch).items()}
             if crops == 5:
                 z = torch.stack([_logits(model, view) for view in five_crops(inputs, crop_size)]).mean(0)
             else:

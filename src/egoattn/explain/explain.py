@@ -34,7 +34,7 @@ from egoattn.explain.scoring import AttentionScore, centre_prior
 from egoattn.fileio import write_json, write_text_atomic
 from egoattn.inference.predict import Preprocessing
 
-#: Loader keys that a model reads (see evaluation.evaluate.model_inputs).
+#: Loader keys that a model reads (see models.registry.model_inputs).
 INPUT_MODALITIES = ("rgb", "flow", "warp", "flow_pair")
 DISPLAY_MIN = 224  # panels are upscaled to at least this many pixels so the labels are readable
 GIF_FPS = 4.0
@@ -77,9 +77,9 @@ class ExplainedRun:
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        from egoattn.evaluation.evaluate import model_inputs
+        from egoattn.models.registry import model_inputs
 
-        inputs = model_inputs({k: batch[k] for k in self.inputs})
+        inputs = model_inputs(self.model, batch)
         out = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
         return out if isinstance(out, dict) else {"logits": out}
 

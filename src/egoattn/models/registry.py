@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from egoattn.errors import ConfigError
+from egoattn.errors import BadInputError, ConfigError
 from egoattn.models.egornn import egornn
 from egoattn.models.flow_stream import flow
 from egoattn.models.frame_average import frame_average
@@ -61,3 +61,24 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return MODELS[name]
+
+
+def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``model.forward`` taken from a loader batch (the one place that maps them).
+
+    The keys are the model's ``input_keys``. Cached ``frame_features`` stand in for ``rgb``; the
+    loader's ``warp`` (camera-compensated flow) feeds a ``flow`` input when the batch has no plain
+    flow. ``order_rgb`` is optional (present only while training an order head).
+    """
+    inputs: dict[str, Any] = {}
+    for key in getattr(model, "input_keys", ("rgb",)):
+        if key == "rgb" and "frame_features" in batch:
+            inputs["frame_features"] = batch["frame_features"]
+        elif key in batch:
+            inputs[key] = batch[key]
+        elif key == "flow" and "warp" in batch:
+            inputs["flow"] = batch["warp"]
+        elif key != "order_rgb":
+            raise BadInputError(None, f"the model {type(model).__name__} needs {key!r}, but the batch holds "
+                                      f"{sorted(batch)}: add it to data.modalities")
+    return inputs

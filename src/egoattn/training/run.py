@@ -14,8 +14,6 @@ Epochs are counted from 1 in metrics.csv / metrics.json (the number of completed
 from __future__ import annotations
 
 import csv
-import dataclasses
-import inspect
 import io
 import math
 import os
@@ -37,7 +35,6 @@ from torch.utils.data import DataLoader
 
 from egoattn.data.dataset import EgoDataModule
 from egoattn.data.manifest import read_classes, write_classes
-from egoattn.data.transforms import Compose, Normalize
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.models.registry import create_model
 from egoattn.fileio import read_yaml, write_json, write_text_atomic
@@ -127,13 +124,6 @@ def input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[floa
     return None
 
 
-def _renormalise(dataset: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """Give a ClipDataset's Normalize step the backbone's mean/std."""
-    steps = [dataclasses.replace(t, mean=mean, std=std) if isinstance(t, Normalize) else t
-             for t in dataset.transform.transforms]
-    dataset.transform = Compose(tuple(steps))
-
-
 def make_datamodule(recipe: Recipe, data: str | Path, model: nn.Module, split: str | None = None,
                     batch_size: int | None = None, val: str | None = None, flow_test_stacks: int = 1) -> EgoDataModule:
     """The recipe's EgoDataModule, normalising rgb as the model's backbone expects."""
@@ -145,15 +135,9 @@ def make_datamodule(recipe: Recipe, data: str | Path, model: nn.Module, split: s
         flow_test_stacks=flow_test_stacks,
     )
     norm = input_normalisation(model)
-    accepts_norm = "mean" in inspect.signature(EgoDataModule).parameters
-    if norm is not None and accepts_norm:
+    if norm is not None:
         options["mean"], options["std"] = norm
-    dm = EgoDataModule(**options)
-    if norm is not None and not accepts_norm:
-        dm.setup("fit")
-        for dataset in (dm.train_set, dm.val_set, dm.test_set):
-            _renormalise(dataset, *norm)
-    return dm
+    return EgoDataModule(**options)
 
 
 # --- callbacks ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The LightningModule of action recognition: one training step, top to bottom.
 
     batch (dict from the loader)
-      -> model(**inputs)                      rgb / flow / flow_pair / order_rgb / frame_features
+      -> model(**model_inputs(model, batch))  the model's input_keys (rgb / flow / keypoints ...)
       -> loss = CE(logits, label)
               + loss.ms_weight    * motion-segmentation loss   (if the model has an MS head)
               + loss.order_weight * CE(order_logits, order)    (if the model has an order head)
@@ -24,12 +24,8 @@ from torch import nn
 
 from egoattn.errors import ConfigError
 from egoattn.models.heads import motion_segmentation_loss
-from egoattn.models.registry import create_model
+from egoattn.models.registry import create_model, model_inputs
 from egoattn.training.config import OptimSection, ParamsSection, Recipe, validate_recipe
-
-#: Batch keys that are model inputs (everything else is a target or metadata).
-INPUT_KEYS = ("rgb", "flow", "flow_pair", "order_rgb", "frame_features")
-
 
 def assign_parameter_groups(model: nn.Module, params: ParamsSection, optim: OptimSection) -> list[dict[str, Any]]:
     """Set requires_grad from the recipe and return the optimiser's parameter groups.
@@ -89,10 +85,7 @@ class ActionRecognitionTask(L.LightningModule):
     # --- the step ---------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
-        if "flow" not in inputs and "warp" in batch:  # warp flow feeds the flow input
-            inputs["flow"] = batch["warp"]
-        return self.model(**inputs)
+        return self.model(**model_inputs(self.model, batch))
 
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Each loss term (unweighted) and the model's outputs."""
@@ -106,10 +99,12 @@ class ActionRecognitionTask(L.LightningModule):
                                                     loss=cfg.ms_loss, threshold=cfg.ms_threshold)
         if "order_logits" in out and "order_label" in batch:
             losses["order"] = F.cross_entropy(out["order_logits"], batch["order_label"])
+        if "reg_loss" in out:  # attention regularisers, already weighted inside the model
+            losses["reg"] = out["reg_loss"]
         return losses, out
 
     def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = {"cls": 1.0, "ms": self.recipe.loss.ms_weight, "order": self.recipe.loss.order_weight}
+        weights = {"cls": 1.0, "ms": self.recipe.loss.ms_weight, "order": self.recipe.loss.order_weight, "reg": 1.0}
         return sum(weights[k] * v for k, v in losses.items())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

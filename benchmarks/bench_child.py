@@ -1,0 +1,94 @@
+"""One memory measurement in a fresh process, so peak RSS numbers do not contaminate each other.
+
+    python benchmarks/bench_child.py train DATA OUT [--quick]   # the demo recipe for a few steps
+    python benchmarks/bench_child.py predict VIDEO [--quick]    # predict with windows over a video
+
+The last stdout line is JSON: {"maxrss_mb": own peak RSS, "children_maxrss_mb": largest child's
+(DataLoader workers), "seconds": wall time, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+#: Overrides of the demo recipe: a few steps (one short epoch); --quick also shrinks the frames.
+TRAIN_OVERRIDES = ["train.epochs=1"]
+QUICK_TRAIN_OVERRIDES = ["data.size=64", "data.resize=73", "data.num_frames=6", "data.batch_size=4",
+                         "model.options.input_size=64"]
+#: Predict settings: the inference benchmark's model, 2 s windows every 10 s (memory does not depend on
+#: the stride; fewer windows keep the 10-minute run short).
+PREDICT_WINDOW, PREDICT_STRIDE = 2.0, 10.0
+
+
+def predict_model(size: int):
+    """The benchmark's inference model: random-weight Ego-RNN head on the bundled EfficientNet-Lite0."""
+    from egoattn.models.registry import create_model
+
+    return create_model("egornn", 14, backbone="efficientnet_lite0", weights="bundled", hidden=128,
+                        input_proj=128, input_size=size)
+
+
+def predictor(size: int, frames: int, device=None):
+    import torch
+
+    from egoattn.inference.predict import Predictor, Preprocessing
+
+    torch.manual_seed(0)
+    model = predict_model(size)
+    bb = model.backbone
+    prep = Preprocessing(frames, "uniform", round(size * 146 / 128), size, bb.mean, bb.std)
+    return Predictor(model, [f"class{i}" for i in range(14)], prep, device)
+
+
+def run_train(data: Path, out: Path, quick: bool) -> dict:
+    from egoattn.training.run import train
+
+    overrides = TRAIN_OVERRIDES + (QUICK_TRAIN_OVERRIDES if quick else [])
+    train("demo", data=data, out=out, overrides=overrides, cache_features=True)
+    return {"what": "train demo recipe (--cache-features, 1 epoch)"}
+
+
+def run_predict(video: Path, quick: bool) -> dict:
+    from egoattn.inference.predict import predict_video
+
+    p = predictor(64 if quick else 128, 8 if quick else 12)
+    result = predict_video(p, video, window=PREDICT_WINDOW, stride=PREDICT_STRIDE, top_k=1)
+    return {"what": "predict", "windows": len(result.windows), "frames": result.num_frames}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries the parent's RSS at fork
+    into a child's ru_maxrss across exec, which would make every child report the suite's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("job", choices=["train", "predict"])
+    ap.add_argument("paths", nargs="+", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.job == "train":
+        info = run_train(args.paths[0], args.paths[1], args.quick)
+    else:
+        info = run_predict(args.paths[0], args.quick)
+    info |= {"maxrss_mb": peak_rss_mb(),
+             "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+             "seconds": time.perf_counter() - t0}
+    sys.stdout.write("\n" + json.dumps(info) + "\n")
+
+
+if __name__ == "__main__":
+    main()

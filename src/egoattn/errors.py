@@ -9,8 +9,8 @@ class EgoattnError(Exception):
     """Base class of every error egoattn raises on purpose."""
 
 
-class BadInputError(EgoattnError):
-    """A file (video, frame, manifest, checkpoint, config) that cannot be used as given."""
+class _FileError(EgoattnError):
+    """An error about one file; the message is `"<path>: <problem>"`."""
 
     def __init__(self, path: str | Path | None, problem: str | None = None) -> None:
         if problem is None:
@@ -21,6 +21,15 @@ class BadInputError(EgoattnError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(message)
+
+
+class BadInputError(_FileError):
+    """A file (video, frame, manifest, checkpoint, config) that cannot be used as given."""
+
+
+class OutputError(_FileError):
+    """An output file that cannot be written (read-only folder, disk full). The input is fine, so
+    `--skip-bad` does not skip it: the run stops, and what it wrote before stays."""
 
 
 class ConfigError(EgoattnError):

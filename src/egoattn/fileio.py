@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -11,29 +12,46 @@ from typing import Any, Iterator
 
 import yaml
 
-from egoattn.errors import BadInputError
+from egoattn.errors import BadInputError, OutputError
+
+#: errno values that mean "this output cannot be written here" (not a bug, not a bad input).
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
-    A reader never sees a half-written file, and an interrupted writer leaves the old file intact.
+    A reader never sees a half-written file, and an interrupted writer leaves the old file intact
+    (a SIGKILL may leave the hidden temporary `.<name>.*.tmp<suffix>` behind; nothing reads it).
+    A read-only folder or a full disk becomes an OutputError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        if _cannot_write(e, path):
+            raise OutputError(path, f"cannot write the file: {e.strerror or os.strerror(e.errno)}") from e
         raise
+
+
+def _cannot_write(e: BaseException, path: Path) -> bool:
+    """An OSError about writing `path` (its temporary, its folder), not about reading some input."""
+    if not isinstance(e, OSError) or e.errno not in WRITE_ERRNOS:
+        return False
+    where = None if e.filename is None else Path(e.filename)
+    return where is None or where == path or where.parent == path.parent or where in path.parents
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

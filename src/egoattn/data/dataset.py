@@ -93,7 +93,12 @@ class ClipDataset(Dataset):
         for rec in self.records:
             if rec.label not in self.class_index:
                 raise BadInputError(manifest, f"clip {rec.clip_id!r} has label {rec.label!r}, not in classes.txt")
-        self._paths = [resolve_inside(self.root, rec.path) for rec in self.records]
+        self._paths = []
+        for rec in self.records:
+            try:
+                self._paths.append(resolve_inside(self.root, rec.path))
+            except BadInputError as e:
+                raise BadInputError(manifest, f"clip {rec.clip_id!r}: {e}") from None
         # Shared memory: DataLoader workers (forked or spawned, persistent or not) see set_epoch.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 

@@ -29,6 +29,7 @@ and prepare the rest; structural problems (no such folder, malformed CSV header)
 from __future__ import annotations
 
 import csv
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -183,6 +184,19 @@ def _mark_unknown(clips: list[SourceClip], classes: list[str], classes_file: Pat
     return out
 
 
+def _unsafe_path(root: Path, relpath: str) -> str | None:
+    """The problem of a path named in a source file that leaves the source folder (../, absolute), else None.
+
+    The check is on the text, not on resolved links: a symlink the owner put into the source folder
+    (a video on another disk) is fine; a manifest or CSV line pointing elsewhere is not.
+    """
+    base = os.path.abspath(root)
+    target = os.path.normpath(os.path.join(base, relpath))
+    if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
+        return f"{relpath}: path escapes the source folder {base}"
+    return None
+
+
 def _replace(clip: SourceClip, **changes) -> SourceClip:
     import dataclasses
 
@@ -198,10 +212,14 @@ def list_synthetic(root: Path, classes_file: Path | None = None) -> Source:
     clips = []
     for r in records:
         gt = root / "gt" / f"{r.clip_id}.npz"
-        problem = None if gt.is_file() else "ground truth not found"
+        problem, where = _unsafe_path(root, r.path), f"{root / 'manifest.csv'}: clip {r.clip_id!r}"
+        if problem is None and (not r.clip_id or r.clip_id.startswith(".") or any(c in r.clip_id for c in "/\\")):
+            problem = f"clip id {r.clip_id!r} is not a plain file name (it names the clip's output file)"
+        if problem is None and not gt.is_file():
+            problem, where = "ground truth not found", str(gt)
         clips.append(SourceClip(
             clip_id=r.clip_id, label=r.label, subject=r.subject, video=root / r.path, start=r.start,
-            end=r.end, fps=r.fps, gt=gt, problem=problem, where="" if problem is None else str(gt),
+            end=r.end, fps=r.fps, gt=gt, problem=problem, where="" if problem is None else where,
         ))
     return Source(_mark_unknown(clips, classes, classes_file or root / "classes.txt"), classes, "synthetic")
 
@@ -290,7 +308,8 @@ def list_gtea61(root: Path, classes_file: Path | None = None, fps: float = DEFAU
             elif len(lx.files) != len(ly.files):
                 problem, where = f"missing flow frames: {len(lx.files)} flow_x vs {len(ly.files)} flow_y", str(fx_dir)
             elif len(lx.files) not in (n - 1, n):
-                problem = f"missing flow frames: {len(lx.files)} flow images for {n} rgb frames (expected {n - 1})"
+                what = "extra" if len(lx.files) > n else "missing"
+                problem = f"{what} flow frames: {len(lx.files)} flow images for {n} rgb frames (expected {n - 1})"
                 where = str(fx_dir)
             else:
                 fx, fy = tuple(lx.files[: n - 1]), tuple(ly.files[: n - 1])
@@ -413,12 +432,12 @@ def list_segments(root: Path, csv_path: Path | None = None, classes_file: Path |
             video = root / (row["video"] or "").strip()
             label = safe_label(row["label"] or "")
             subject = (row.get("subject") or "S1").strip() or "S1"
-            problem = None
+            problem = _unsafe_path(root, (row["video"] or "").strip())
             try:
                 start, end = int(row["start"]), int(row["end"])
             except (TypeError, ValueError):
                 start, end = 0, 0
-                problem = f"start/end must be integer frame indices, got {row['start']!r}, {row['end']!r}"
+                problem = problem or f"start/end must be integer frame indices, got {row['start']!r}, {row['end']!r}"
             if problem is None and start < 0:
                 problem = f"segment start {start} is negative"
             if problem is None and end <= start:

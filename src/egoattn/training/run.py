@@ -9,6 +9,12 @@
     OUT/metrics.json            best_val_acc, best_epoch, final numbers (evaluate may add test numbers)
 
 Epochs are counted from 1 in metrics.csv / metrics.json (the number of completed epochs).
+
+Interruptions: checkpoints are written beside and renamed, so a kill never leaves a half-written one,
+and are read with weights_only=True (a checkpoint cannot run code). `--resume` restores weights,
+optimiser, scheduler, loop counters and the random generators (RandomState): a run killed at any
+moment and resumed ends with the same metrics and checkpoints as an uninterrupted one (bit for bit on
+the CPU). A run killed before its first checkpoint starts again from the beginning on `--resume`.
 """
 
 from __future__ import annotations
@@ -17,15 +23,20 @@ import csv
 import io
 import math
 import os
+import pickle
+import random
 import shutil
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
@@ -37,7 +48,7 @@ from egoattn.data.dataset import EgoDataModule
 from egoattn.data.manifest import read_classes, write_classes
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.models.registry import create_model
-from egoattn.fileio import read_yaml, write_json, write_text_atomic
+from egoattn.fileio import atomic_path, read_yaml, write_json, write_text_atomic
 from egoattn.training.config import Recipe, apply_overrides, dump_recipe, load_recipe, validate_recipe
 from egoattn.training.task import ActionRecognitionTask
 
@@ -45,6 +56,9 @@ from egoattn.training.task import ActionRecognitionTask
 #: stream is an Ego-RNN plus motion layers, so it starts from an Ego-RNN stage-1 run.
 INIT_COMPATIBLE = {("egornn", "two_in_one")}
 CSV_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+#: How long a DDP process waits in a collective for the others: a killed rank makes the survivors
+#: fail after this long at most instead of hanging (torch's default is 30 minutes).
+DDP_TIMEOUT = timedelta(minutes=5)
 console = Console(stderr=True)
 
 
@@ -57,11 +71,41 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise BadInputError(path, "checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, foreign formats
+    except pickle.UnpicklingError as e:
+        # torch's text suggests weights_only=False, the one thing never to do with an untrusted file
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        code = next((line.split("WeightsUnpickler error: ")[-1].split(" Please use")[0] for line in lines
+                     if "Unsupported global" in line), None)
+        if code is not None:
+            raise BadInputError(path, f"refused: the checkpoint holds objects other than tensors and plain data, "
+                                      f"and loading them could run code ({code})") from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+        raise BadInputError(path, f"not a readable checkpoint (damaged, or not a torch checkpoint: {detail})") from None
+    except Exception as e:  # truncated files, foreign formats
         raise BadInputError(path, f"not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "recipe" not in ckpt.get("hyper_parameters", {}):
         raise BadInputError(path, "not an egoattn training checkpoint (no state_dict / recipe)")
     return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, but safe against interruption and against hostile files.
+
+    Saving: written beside the target and renamed (Lightning's own save goes through a temporary
+    file in the system temp folder, which becomes a copy - not a rename - when that folder is on
+    another file system, and leaves the temporary behind when killed). Loading: always
+    weights_only=True, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says, so a checkpoint cannot run code.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage),
+                                       weights_only=True)
 
 
 def model_state(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -186,6 +230,33 @@ class DatasetEpoch(L.Callback):
             set_epoch(trainer.current_epoch)
 
 
+class RandomState(L.Callback):
+    """The torch / numpy / python random states, saved in every checkpoint and restored on --resume.
+
+    Lightning restores weights, optimiser, scheduler and loop counters but not the random generators,
+    and `train` seeds them afresh; without this a resumed run draws other dropout masks (and other
+    DataLoader worker seeds) than an uninterrupted one. The loader's crops and frame draws need no
+    state: they are seeded by (seed, epoch, index). Under DDP rank 0's states are saved and restored
+    on every rank (all ranks start from the same seed).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                 "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        random.setstate(state_dict["python"])
+        name, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
 class GoodCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that saves nothing once the loss went NaN/inf, so the last good one stays."""
 
@@ -218,7 +289,7 @@ def _trainer_options(recipe: Recipe, devices: int | None, num_nodes: int) -> dic
     devices = devices or t.devices or 1
     precision = "bf16-mixed" if on_cpu and t.precision == "16-mixed" else t.precision
     if devices * num_nodes > 1:
-        strategy: Any = DDPStrategy(process_group_backend="gloo" if on_cpu else None)
+        strategy: Any = DDPStrategy(process_group_backend="gloo" if on_cpu else None, timeout=DDP_TIMEOUT)
     else:
         strategy = "auto"
     return dict(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
@@ -242,7 +313,18 @@ def _prepare_run_dir(out: Path, resume: bool, recipe: Recipe, classes: list[str]
     last = out / "checkpoints" / "last.ckpt"
     if resume:
         if not last.is_file():
-            raise BadInputError(last, "nothing to resume: the run has no last checkpoint")
+            if not (out / "config.yaml").is_file():
+                raise BadInputError(last, "nothing to resume: the run has no last checkpoint")
+            # killed in its first epoch (a kill skips the clean-up below): nothing to lose, start again
+            console.print(f"[yellow]warning: {out} has no checkpoint yet; starting the run from the beginning")
+            return None
+        theirs = read_checkpoint(last)["hyper_parameters"]  # a clear error for a damaged or foreign file
+        if theirs["recipe"]["model"]["name"] != recipe.model.name or list(theirs["classes"]) != classes:
+            raise BadInputError(last, f"checkpoint of a {theirs['recipe']['model']['name']!r} model with "
+                                      f"{len(theirs['classes'])} classes; the recipe builds {recipe.model.name!r} "
+                                      f"with {len(classes)}")
+        for tmp in (out / "checkpoints").glob(".*.tmp.ckpt"):  # left by a kill during a save
+            tmp.unlink(missing_ok=True)
         saved = validate_recipe(read_yaml_dict(out / "config.yaml"), out / "config.yaml")
         if saved.model_dump() != recipe.model_dump():
             console.print(f"[yellow]warning: {out}/config.yaml differs from the given recipe; resuming with the given one")
@@ -254,6 +336,13 @@ def _prepare_run_dir(out: Path, resume: bool, recipe: Recipe, classes: list[str]
                                  "to continue an interrupted run")
     out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _peer_failed(e: BaseException) -> bool:
+    """A collective that failed because another process of a DDP run died (socket closed) or hung (timeout)."""
+    text = str(e).lower()
+    return isinstance(e, torch.distributed.DistError) or (isinstance(e, RuntimeError) and any(
+        marker in text for marker in ("closed by peer", "reset by peer", "timed out", "broken pipe")))
 
 
 def read_yaml_dict(path: Path) -> dict[str, Any]:
@@ -284,12 +373,16 @@ def train(recipe: str | Path | Recipe, data: str | Path, out: str | Path,
             write_text_atomic(out / "config.yaml", dump_recipe(recipe))
             write_classes(out / "classes.txt", classes)
         task, trainer = _fit(recipe, data, out, classes, resume_from, devices, num_nodes, cache_features)
-    except BaseException:
+    except BaseException as e:
         if main and not resume and not (out / "checkpoints").exists():
             for child in out.iterdir():  # the directory was empty when this run started
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
             if created:
                 out.rmdir()
+        if _peer_failed(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EgoattnError(f"training stopped: another DDP process died or stopped answering ({first}); the "
+                               f"checkpoints so far are kept in {out / 'checkpoints'}; continue with --resume") from e
         raise
 
     if trainer.is_global_zero:
@@ -310,15 +403,18 @@ def _fit(recipe: Recipe, data: Path, out: Path, classes: list[str], resume_from:
         load_init_weights(task.model, recipe, classes)
     dm: L.LightningDataModule = make_datamodule(recipe, data, task.model)
 
-    # Two checkpointers: Lightning's save_last only writes when the best one did.
+    # Two checkpointers: Lightning's save_last only writes when the best one did. Both save at the
+    # end of the training epoch, after EpochMetrics wrote the epoch's row, so a kill between the two
+    # writes can only lose a row that the resumed run writes again.
     best = GoodCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_acc", mode="max", save_top_k=1,
-                          auto_insert_metric_name=False, enable_version_counter=False)
+                          auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=True)
     last = GoodCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                          auto_insert_metric_name=False, enable_version_counter=False)
+                          auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=True)
     trainer = L.Trainer(
         **_trainer_options(recipe, devices, num_nodes),
-        callbacks=[best, last, EpochMetrics(out / "metrics.csv"), DatasetEpoch(), RichProgressBar()],
+        callbacks=[best, last, EpochMetrics(out / "metrics.csv"), DatasetEpoch(), RandomState(), RichProgressBar()],
         logger=TensorBoardLogger(save_dir=out, name="tb", version="", default_hp_metric=False),
+        plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
     )
     if cache_features:
@@ -328,7 +424,7 @@ def _fit(recipe: Recipe, data: Path, out: Path, classes: list[str], resume_from:
     with warnings.catch_warnings():
         # eval_modules (a frozen backbone) are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(task, datamodule=dm, ckpt_path=resume_from)
+        trainer.fit(task, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     return task, trainer
 
 

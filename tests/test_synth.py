@@ -255,5 +255,5 @@ def test_objects_are_small_and_distractors_look_alike():
         assert 3 <= len(lay.distractors) <= 6
         assert {o.noun for o in lay.distractors} == set(S.NOUNS)  # every noun among the distractors
         for o in [lay.active] + lay.distractors:
-            assert 0.06 <= 2 * o.r / SMALL.width <= 0.10
+            assert 0.10 <= 2 * o.r / SMALL.width <= 0.13
 

@@ -107,6 +107,9 @@ SUBJECTS = {
 }
 
 
+TABLE_KINDS = tuple(dict.fromkeys(s.table for s in SUBJECTS.values()))
+
+
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
     return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
@@ -140,7 +143,7 @@ class Obj:
 
 
 def _make_obj(noun: str, pos: np.ndarray, width: int, rng: np.random.Generator) -> Obj:
-    r = 0.5 * width * rng.uniform(0.06, 0.10)
+    r = 0.5 * width * rng.uniform(0.10, 0.13)
     if noun == "cup":  # red-orange family, open top
         body = _hsv(rng.uniform(-0.02, 0.04), rng.uniform(0.6, 0.85), rng.uniform(0.7, 0.92))
         lid = body
@@ -206,7 +209,7 @@ def make_layout(noun: str, base_verb: str, subject: str, p: SynthPreset, rng: np
         lid_spot = spot
         placed.append((spot, active.extent))
     distractors: list[Obj] = []
-    n = int(rng.integers(3, 7))
+    n = int(rng.integers(3, 6))
     kinds = list(rng.permutation(NOUNS)) + list(rng.choice(NOUNS, size=n - 3))
     for kind in kinds:
         cand = _make_obj(str(kind), np.zeros(2), W, rng)
@@ -228,7 +231,7 @@ def make_layout(noun: str, base_verb: str, subject: str, p: SynthPreset, rng: np
                 privacy = {"kind": kind, "pos": pos, "half": half, "angle": rng.uniform(-0.5, 0.5),
                            "tone": rng.uniform(0.85, 1.1), "lines": int(rng.integers(3, 6))}
                 break
-    hand_len = 0.17 * W * SUBJECTS[subject].hand_scale * rng.uniform(0.96, 1.04)
+    hand_len = 0.21 * W * SUBJECTS[subject].hand_scale * rng.uniform(0.96, 1.04)
     return Layout((W + 2 * mx, H + 2 * my), (mx, my), active, distractors, lid_spot, privacy, hand_len)
 
 
@@ -655,7 +658,10 @@ def render_clip(label: str, subject: str, rng: np.random.Generator, preset: str 
     layout = make_layout(noun, base, subject, p, rng)
     track = action_track(verb, layout, p, rng)
     cams = camera_path(p, layout.margin, rng)
-    table = table_texture(sub.table, sub.table_colours, layout.canvas, k, rng)
+    # The pattern is drawn per clip from every subject's kind, the colours are the subject's own: a
+    # model that saw only three tables' patterns could not be asked to generalise to a fourth.
+    kind = str(rng.choice(TABLE_KINDS))
+    table = table_texture(kind, sub.table_colours, layout.canvas, k, rng)
     light = lighting_map(sub, W, H, rng)
     skin = tuple(int(np.clip(c * rng.uniform(0.95, 1.05), 0, 255)) for c in sub.skin)
     sleeve = tuple(int(np.clip(c + rng.uniform(-15, 15), 0, 255)) for c in sub.sleeve)

@@ -37,7 +37,10 @@ def check_cacheable(task: ActionRecognitionTask, modalities: list[str] | tuple[s
     if backbone is not None and backbone.training:
         raise ConfigError("--cache-features: the backbone is not in params.eval_modules, so its BatchNorm "
                           "statistics and dropout would change during training")
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    # The ImageNet fc may train (Ego-RNN stage 2's CAM): attention is computed from the *current* fc
+    # on the cached f_bn, so only the convolutional trunk has to be frozen.
+    trainable = [n for n, p in model.named_parameters()
+                 if p.requires_grad and n.startswith("backbone.") and not n.startswith("backbone.fc.")]
     if trainable:
         raise ConfigError(f"--cache-features needs a frozen backbone, but these backbone parameters train: "
                           f"{trainable[:4]}{' ...' if len(trainable) > 4 else ''}")

@@ -39,7 +39,7 @@ def test_expected_recipes_are_shipped() -> None:
     cpu = {"cpu_frame_average", "cpu_convlstm", "cpu_egornn", "cpu_flow", "cpu_twostream_joint", "cpu_ms_cls",
            "cpu_ms_reg", "cpu_ms_order", "cpu_two_in_one"}
     assert faithful | cpu <= set(SHIPPED)
-    assert load_recipe("demo") == load_recipe("cpu_egornn")
+    assert load_recipe("demo") == load_recipe("cpu_egornn_cam")
 
 
 def test_paper_numbers_of_the_faithful_recipes() -> None:
@@ -161,6 +161,7 @@ EXPECTED_TRAINABLE: dict[str, Callable[[str], bool]] = {
     "cpu_frame_average": _head("classifier."),
     "cpu_convlstm": CPU_STAGE1,
     "cpu_egornn": CPU_STAGE1,
+    "cpu_egornn_cam": _head("input_proj.", "convlstm.", "classifier.", "backbone.fc."),
     "cpu_ms_cls": lambda n: CPU_STAGE2(n) or n.startswith("ms_head."),
     "cpu_ms_reg": lambda n: CPU_STAGE2(n) or n.startswith("ms_head."),
     "cpu_ms_order": lambda n: CPU_STAGE2(n) or n.startswith(("ms_head.", "order_head.")),

@@ -21,7 +21,7 @@ from egoattn.errors import BadInputError, ConfigError
 from egoattn.fileio import read_yaml
 
 #: Other names of shipped recipes (`egoattn train demo` = the CPU attention model of the demo).
-ALIASES = {"demo": "cpu_egornn"}
+ALIASES = {"demo": "cpu_egornn_cam"}
 
 
 class _Section(BaseModel):

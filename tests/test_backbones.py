@@ -18,15 +18,6 @@ from egoattn.models.backbones import build_backbone, cross_modality_init, list_b
 IMAGES = Path("/work/shared/data/real/images")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids oversubscription (4x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
     """Non-trivial BatchNorm statistics, so a missing or extra BN would change the numbers."""
     g = torch.Generator().manual_seed(seed)

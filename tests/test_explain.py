@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from egoattn.data.clipstore import ClipWriter
+import tinyrun
 from egoattn.data.manifest import ClipRecord, write_classes, write_manifest
 from egoattn.data.video import probe_video, write_video
 from egoattn.errors import BadInputError
@@ -24,23 +24,8 @@ H, W = 64, 80
 MASK_BOXES = {"take_cup": (24, 40, 32, 48), "open_box": (4, 20, 16, 32), "pour_water": (0, H, 0, W)}
 
 
-def make_tiny_run(run_dir: Path, size: int = 64, resize: int = 72, num_frames: int = 4) -> Path:
-    """A run directory with a random-weight Ego-RNN (ResNet-18, CAM attention) best checkpoint."""
-    from egoattn.models.registry import create_model
-    from egoattn.training.config import validate_recipe
-
-    options = {"backbone": "resnet18", "weights": "none", "attention": True, "hidden": 8, "input_proj": 8,
-               "input_size": size}
-    recipe = validate_recipe({"name": "tiny", "model": {"name": "egornn", "options": options},
-                              "data": {"num_frames": num_frames, "size": size, "resize": resize}}, "test")
-    torch.manual_seed(0)
-    model = create_model("egornn", len(CLASSES), **options)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"recipe": recipe.model_dump(mode="json"), "classes": CLASSES}},
-               run_dir / "checkpoints" / "best.ckpt")
-    write_classes(run_dir / "classes.txt", CLASSES)
-    return run_dir
+def make_tiny_run(run_dir: Path, **kwargs) -> Path:
+    return tinyrun.make_tiny_run(run_dir, CLASSES, **kwargs)
 
 
 def make_prepared(root: Path, subjects=("S1", "S2"), per_class: int = 2, n: int = 10, masks: bool = True) -> list[ClipRecord]:

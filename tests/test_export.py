@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from egoattn.data.manifest import write_classes
+import tinyrun
 from egoattn.errors import ConfigError
 from egoattn.inference.export import export_model, export_run, run_exported
 from egoattn.inference.predict import Predictor, Preprocessing
@@ -19,23 +19,8 @@ from egoattn.inference.predict import Predictor, Preprocessing
 CLASSES = ["open_jam", "close_jam", "take_bread"]
 
 
-def make_tiny_run(run_dir: Path, size: int = 64, resize: int = 72, num_frames: int = 4) -> Path:
-    """A run directory with a random-weight Ego-RNN (ResNet-18, CAM attention) best checkpoint."""
-    from egoattn.models.registry import create_model
-    from egoattn.training.config import validate_recipe
-
-    options = {"backbone": "resnet18", "weights": "none", "attention": True, "hidden": 8, "input_proj": 8,
-               "input_size": size}
-    recipe = validate_recipe({"name": "tiny", "model": {"name": "egornn", "options": options},
-                              "data": {"num_frames": num_frames, "size": size, "resize": resize}}, "test")
-    torch.manual_seed(0)
-    model = create_model("egornn", len(CLASSES), **options)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"recipe": recipe.model_dump(mode="json"), "classes": CLASSES}},
-               run_dir / "checkpoints" / "best.ckpt")
-    write_classes(run_dir / "classes.txt", CLASSES)
-    return run_dir
+def make_tiny_run(run_dir: Path, **kwargs) -> Path:
+    return tinyrun.make_tiny_run(run_dir, CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egoattn.errors import ConfigError
+from egoattn.errors import BadInputError, ConfigError
 from egoattn.models import create_model, list_models, model_options
+from egoattn.models.registry import model_inputs
 from egoattn.models.attention import cam_attention, class_activation_map
 from egoattn.models.convlstm import ConvLSTM, ConvLSTMCell
 from egoattn.models.heads import (MotionSegmentationHead, OrderPredictionHead, motion_segmentation_loss,
@@ -16,20 +17,6 @@ from egoattn.models.heads import (MotionSegmentationHead, OrderPredictionHead, m
 from egoattn.models.twostream import TwoStream
 
 SMALL = dict(backbone="resnet18", hidden=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids oversubscription (4x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 def _nudge_batchnorm(model: nn.Module) -> None:
@@ -368,7 +355,7 @@ def test_frame_average_is_blind_to_frame_order():
 
 
 def test_registry():
-    assert list_models() == ["egornn", "flow", "frame_average", "two_in_one", "twostream"]
+    assert {"egornn", "flow", "frame_average", "two_in_one", "twostream"} <= set(list_models())
     with pytest.raises(ConfigError, match="unknown model 'resnet'.*egornn.*two_in_one"):
         create_model("resnet", 3)
     with pytest.raises(ConfigError, match="'hiden'.*hidden"):
@@ -379,16 +366,27 @@ def test_registry():
     assert model.input_keys == ("rgb",)
 
 
+EGO_RNN_FAMILY = ("egornn", "flow", "frame_average", "two_in_one", "twostream")
+
+
+def test_model_inputs_maps_warp_to_flow_and_names_what_is_missing():
+    model = create_model("flow", 3, backbone="resnet18")
+    warp = torch.randn(1, 1, 10, 8, 8)
+    assert model_inputs(model, {"warp": warp, "label": 0})["flow"] is warp
+    with pytest.raises(BadInputError, match="needs 'flow'.*add it to data.modalities"):
+        model_inputs(model, {"rgb": torch.randn(1, 2, 3, 8, 8)})
+
+
 def test_every_model_takes_loader_keys():
     b, t, s = 1, 2, 64
     batch = {"rgb": torch.randn(b, t, 3, s, s), "flow": torch.randn(b, 1, 10, s, s),
              "flow_pair": torch.randn(b, t, 2, s, s)}
-    for name in list_models():
+    for name in EGO_RNN_FAMILY:  # the other families (STANet, VideoLSTM, pose) are tested in their files
         opts = {"twostream": dict(rgb_options=SMALL, flow_options=dict(backbone="resnet18")),
                 "flow": dict(backbone="resnet18"), "frame_average": dict(backbone="resnet18")}.get(name, SMALL)
         model = create_model(name, 3, **opts).eval()
         with torch.no_grad():
-            out = model(**{k: batch[k] for k in model.input_keys})
+            out = model(**model_inputs(model, batch))
         assert out["logits"].shape == (b, 3), name
         if "attention" in out:
             torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(b, t))

@@ -19,19 +19,6 @@ from egoattn.models.pose_attention import (PoseEncoder, part_boxes, pose_granula
 POSE = dict(pose_hidden=8, pose_layers=2, attention_hidden=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _hand(b: int, t: int, size: float = 64.0) -> torch.Tensor:
     """Random present 21-joint hands (B, T, 21, 3) inside a size x size frame."""
     kp = torch.rand(b, t, 21, 3) * (size - 1)

@@ -12,19 +12,6 @@ from egoattn.models.videolstm import ConvALSTM, ConvAttention, videolstm, videol
 SMALL = dict(backbone="resnet18", hidden=8, attention_channels=6, head_channels=12, input_proj=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 # ------------------------------------------------------------------------------------------ attention
 
 

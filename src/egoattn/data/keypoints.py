@@ -22,9 +22,7 @@ all visible joints. Missing joints never enter the centre or the scale and come 
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -33,7 +31,9 @@ import torch
 from torch import Tensor
 
 from egoattn.data.samplers import uniform_indices
+from egoattn.data.sources import natural_key
 from egoattn.errors import BadInputError, EgoattnError
+from egoattn.fileio import read_json
 
 # Joint groups of the known layouts (0-based). "center" is the reference joint group for
 # center="joint"; "torso" the two groups whose mean positions define the torso length.
@@ -97,12 +97,12 @@ def read_coco_keypoints(path: str | Path, num_joints: int | None = None,
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.json"), key=_natural_key)
+        files = sorted(path.glob("*.json"), key=lambda f: natural_key(f.name))
         if not files:
             raise BadInputError(path, "folder holds no *.json keypoint files")
-        entries = [(f, _load_json(f)) for f in files]
+        entries = [(f, read_json(f)) for f in files]
     else:
-        data = _load_json(path)
+        data = read_json(path)
         entries = [(path, e) for e in _frame_entries(path, data)]
     frames: list[np.ndarray | None] = []
     for source, entry in entries:
@@ -123,19 +123,6 @@ def read_coco_keypoints(path: str | Path, num_joints: int | None = None,
         if f is not None:
             out[t] = f
     return _mark_missing(out)
-
-
-def _natural_key(p: Path) -> list[Any]:
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(path, "file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInputError(path, f"not valid JSON ({e})") from None
 
 
 def _frame_entries(path: Path, data: Any) -> list[Any]:

@@ -1,0 +1,19 @@
+"""Fixtures shared by every test file."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The test machine has 2 cores shared by many processes: one intra-op thread avoids
+    oversubscription (about 4x faster for the small models of the tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

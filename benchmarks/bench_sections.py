@@ -454,7 +454,6 @@ def stage1(sz: Sizes, device: torch.device, peak: dict[str, float]) -> tuple[Sec
             x = model.input_proj(x)
         x = x.view(B, T, *x.shape[1:])
     opt = restore()
-    [p for p in model.parameters() if p.requires_grad]
 
     def trainable_step() -> None:
         torch.manual_seed(0)

@@ -5,6 +5,7 @@ Sizes come from :class:`Sizes` (FULL: the reference-sized settings; QUICK: a smo
 
 from __future__ import annotations
 
+import os
 import copy
 import json
 import subprocess
@@ -34,7 +35,7 @@ from bench_util import (
 )
 
 HERE = Path(__file__).resolve().parent
-REAL = Path("/work/shared/data/real")
+REAL = Path(os.environ.get("EGOATTN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "real"
 DEMO_VIDEO = REAL / "videos" / "demo.mp4"
 REAL_FRAMES = REAL / "frames"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import paths
 import timm
 import torch
 import torchvision
@@ -15,7 +17,7 @@ from PIL import Image
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.models.backbones import build_backbone, cross_modality_init, list_backbones
 
-IMAGES = Path("/work/shared/data/real/images")
+IMAGES = paths.REAL / "images"
 
 
 def _randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:

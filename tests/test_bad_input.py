@@ -11,12 +11,14 @@ import av
 import numpy as np
 import pytest
 
+import paths
+
 from egoattn.data.prepare import PrepareOptions, prepare_dataset
 from egoattn.data.video import write_video
 from egoattn.errors import BadInputError
 from test_prepare import make_gtea
 
-REAL = Path("/work/shared/data/real/videos")
+REAL = paths.REAL / "videos"
 
 
 def small_video(path: Path, n: int = 8) -> Path:

@@ -5,10 +5,10 @@ Masks (../shared/data/real/images): bird_segmentation_mask.png uses VOC class id
 start at 0 (0 pet, 1 background, 2 boundary) - checked by eye: the value-0 region is the dog.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+import paths
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -17,7 +17,7 @@ from egoattn.explain.scoring import mass_inside, pointing_hit
 from egoattn.models.attention import cam_attention
 from egoattn.models.backbones import build_backbone
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "images"
+IMAGES = paths.REAL / "images"
 OBJECT = {"dog": lambda m: m == 0, "bird": lambda m: m == 3}
 
 

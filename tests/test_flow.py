@@ -8,9 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
+import paths
+
 from egoattn.data import flow as F
 
-REAL = Path("/work/shared/data/real/frames")
+REAL = paths.REAL / "frames"
 
 
 def texture(h: int, w: int, seed: int, sigma: float = 2.0) -> np.ndarray:

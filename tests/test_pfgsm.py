@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import paths
 import torch
 
 from egoattn.errors import BadInputError
 from egoattn.privacy.pfgsm import bundled_classifier, draw_targets, pfgsm, private_mask, psnr, ssim
 
-REAL = Path("/work/shared/data/real")
+REAL = paths.REAL
 IMAGES = ["cat.png", "bird.png", "dragonfly.png", "hot_dog.jpg", "face.jpg"]
 EXPECTED_TOP1 = {"cat.png": "Egyptian cat", "bird.png": "chickadee"}  # data/README.md
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+import paths
 import torch
 from torch import nn
 
@@ -30,7 +32,7 @@ from egoattn.inference.predict import (
     window_plan,
 )
 
-REAL_VIDEOS = Path("/work/shared/data/real/videos")
+REAL_VIDEOS = paths.REAL / "videos"
 CLASSES = ["open_jam", "close_jam", "take_bread"]
 
 

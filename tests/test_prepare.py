@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+import paths
+
 from egoattn.data import prepare as prep
 from egoattn.data.clipstore import ClipReader
 from egoattn.data.manifest import read_classes, read_manifest
@@ -17,7 +19,7 @@ from egoattn.data.prepare import PrepareOptions, merge_shards, prepare_dataset, 
 from egoattn.data.sources import SourceWarning, natural_key
 from egoattn.errors import BadInputError, ConfigError
 
-REAL = Path("/work/shared/data/real/videos")
+REAL = paths.REAL / "videos"
 H, W = 48, 64
 
 

@@ -39,6 +39,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import pytest
+
+import paths
 import torch
 import yaml
 
@@ -62,7 +64,7 @@ from test_prepare import make_gtea, make_synthetic
 from test_training import CLASSES, TINY, make_dataset
 from test_video import _faststart_mp4
 
-REAL = Path("/work/shared/data/real")
+REAL = paths.REAL
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # TINY with dropout and a per-epoch lr schedule, so that a resume must restore the random state and
 # the scheduler: 4 epochs of 3 batches.

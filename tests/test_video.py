@@ -8,10 +8,12 @@ import av
 import numpy as np
 import pytest
 
+import paths
+
 from egoattn.data.video import VideoInfo, iter_frames, probe_video, read_frames, write_video
 from egoattn.errors import BadInputError
 
-REAL = Path("/work/shared/data/real/videos")
+REAL = paths.REAL / "videos"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real sample videos not present")
 
 # name, frames, fps, width, height, codec (demo_skeleton.mp4: frames every 1/30 s with one gap, so

@@ -2,7 +2,7 @@
 
 synth -> prepare -> train (recipe `demo`: bundled ImageNet EfficientNet-Lite0, CAM attention +
 ConvLSTM, frozen backbone with cached features) -> evaluate on the held-out subject (S2) ->
-attention overlays of a few test clips. Every step is resumable: rerunning the command picks up where
+attention overlays of a few test clips -> one HTML report. Every step is resumable: rerunning the command picks up where
 an interrupted run stopped.
 """
 
@@ -26,6 +26,7 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "d
     from egoattn.data.synth import generate_synthetic
     from egoattn.evaluation.evaluate import evaluate_run
     from egoattn.explain.explain import explain_run
+    from egoattn.report.html import write_report
     from egoattn.training.run import train
 
     out = Path(out)
@@ -51,12 +52,14 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "d
     metrics = evaluate_run(run, data=prepared, split="gtea61", out=out / "eval")
     timings["evaluate"] = time.perf_counter() - t
 
-    t = _step("5/5 attention overlays")
+    t = _step("5/5 attention overlays and the HTML report")
     explain_run(run, prepared, split="gtea61", out=out / "attention", num_clips=4)
+    report = write_report(run, out=out / "report.html", eval_dirs=[out / "eval"], attention_dirs=[out / "attention"])
     timings["explain"] = time.perf_counter() - t
 
     console.rule("[bold green]done")
     console.print(f"top-1 on S2: {metrics['top1']:.1%}   mean class accuracy: {metrics['mean_class_accuracy']:.1%}")
     console.print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     console.print(f"results: {out / 'eval'} (metrics.json, summary.md, confusion.png), attention: {out / 'attention'}")
+    console.print(f"open {report} in a browser for all of it on one page")
     return {"metrics": metrics, "timings": timings}

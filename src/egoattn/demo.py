@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 from rich.console import Console
 
@@ -21,7 +22,8 @@ def _step(title: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "demo") -> dict:
+def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "demo",
+             overrides: Sequence[str] = ()) -> dict:
     from egoattn.data.prepare import PrepareOptions, prepare_dataset
     from egoattn.data.synth import generate_synthetic
     from egoattn.evaluation.evaluate import evaluate_run
@@ -44,7 +46,7 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "d
 
     t = _step(f"3/5 train recipe '{recipe}' -> {run}")
     if not (run / "metrics.json").exists():
-        train(recipe, data=prepared, out=run, overrides=[f"seed={seed}"], cache_features=True,
+        train(recipe, data=prepared, out=run, overrides=[f"seed={seed}", *overrides], cache_features=True,
               resume=(run / "checkpoints" / "last.ckpt").exists())
     timings["train"] = time.perf_counter() - t
 

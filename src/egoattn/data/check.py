@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import cv2
 
 from egoattn.data.clipstore import FLOW_KINDS
-from egoattn.data.manifest import MANIFEST_FIELDS
+from egoattn.data.manifest import BAD_CLASS_NAME, MANIFEST_FIELDS
 from egoattn.data.sources import (
     VIDEO_EXTS, detect_gtea_layout, gtea_flow_dirs, gtea_instances, gtea_rgb_dir, is_duplicate,
     is_hidden, list_frames, natural_key,
@@ -37,7 +36,6 @@ PROBLEM_KINDS = (
     "missing_file",  # a file the manifest or layout names but that does not exist
     "malformed",  # a manifest / classes file that cannot be parsed
 )
-_BAD_NAME = re.compile(r"[\s,/\\]")
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def check_dataset(path: str | Path) -> list[Problem]:
 def _class_name_problems(names: list[tuple[str, str]]) -> list[Problem]:
     """names: (class name, where)."""
     return [Problem(where, "bad_class_name", f"class name {name!r} contains a comma, whitespace or a slash")
-            for name, where in names if not name or _BAD_NAME.search(name)]
+            for name, where in names if not name or BAD_CLASS_NAME.search(name)]
 
 
 def _read_class_lines(path: Path) -> tuple[list[str], list[Problem]]:

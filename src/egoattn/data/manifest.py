@@ -18,7 +18,7 @@ from egoattn.errors import BadInputError
 from egoattn.fileio import write_text_atomic
 
 MANIFEST_FIELDS = ("clip_id", "path", "label", "verb", "noun", "subject", "start", "end", "fps", "num_frames")
-_BAD_NAME = re.compile(r"[\s,/\\]")
+BAD_CLASS_NAME = re.compile(r"[\s,/\\]")  # whitespace, comma, slash: not allowed in class names
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def check_class_name(name: str, where: str | Path | None = None) -> str:
     """A class name must be non-empty and free of whitespace, commas and path separators."""
     if not name:
         raise BadInputError(where, "empty class name")
-    if _BAD_NAME.search(name):
+    if BAD_CLASS_NAME.search(name):
         raise BadInputError(where, f"class name {name!r} contains whitespace, a comma or a slash")
     return name
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench ablation clean
+.PHONY: setup test test-fast test-pose demo bench ablation clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,19 @@ test: setup            ## the whole suite, slow tests included (what CI runs)
 
 test-fast: setup       ## skip the tests marked slow
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The pose extra (MediaPipe, whose wheel ships the pose/hand models) pins numpy<2, protobuf<5 and the GUI
+# opencv-contrib-python, so it lives in a venv of its own (about 5.5 min and 6.7 GB to create, torch included).
+POSE_VENV ?= .venv-pose
+
+$(POSE_VENV)/.installed: pyproject.toml
+	python3 -m venv $(POSE_VENV)
+	$(POSE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(POSE_VENV)/bin/python -m pip install -q -e '.[test,pose]'
+	touch $@
+
+test-pose: $(POSE_VENV)/.installed  ## keypoints from video (egoattn[pose]) in .venv-pose
+	$(POSE_VENV)/bin/python -m pytest -q tests/test_pose_estimator.py $(PYTEST_ARGS)
 
 demo: setup            ## the main job: synth -> prepare -> train -> evaluate
 	$(VENV)/bin/egoattn demo --out demo-out

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from egoattn.data.keypoints import (extract_keypoints, keypoint_mask, normalize_keypoints, read_coco_keypoints,
+from egoattn.data.keypoints import (keypoint_mask, normalize_keypoints, read_coco_keypoints,
                                     read_ntu_skeleton, resample_keypoints)
 from egoattn.data.samplers import uniform_indices
-from egoattn.errors import BadInputError, ConfigError, EgoattnError
+from egoattn.errors import BadInputError, ConfigError
 from egoattn.models.pose_attention import (PoseEncoder, part_boxes, pose_granularity, pose_lstm,
                                            pose_parts, pose_separable, segment_bounds)
 
@@ -171,11 +171,6 @@ def test_resample_uses_the_frame_sampler_indices():
     np.testing.assert_array_equal(resample_keypoints(kp, [9, 0]), kp[[9, 0]])
     with pytest.raises(IndexError):
         resample_keypoints(kp, [10])
-
-
-def test_extract_keypoints_needs_the_estimator_extra():
-    with pytest.raises(EgoattnError, match="estimator extra is not installed"):
-        extract_keypoints("clip.mp4")
 
 
 # ------------------------------------------------------------------------------------------ pose encoder

@@ -158,8 +158,10 @@ def compare(
 
 @app.command()
 def protect(
-    input: Path = typer.Argument(..., help="An image, a folder of images (and videos), or a video."),
-    out: Path = typer.Argument(..., help="Output folder: protected PNG/MP4 files, report.json, report.md."),
+    input: Path = typer.Argument(..., help="An image, a folder of images (and videos), a video, or a prepared "
+                                           "dataset (folder with manifest.csv and clips/)."),
+    out: Path = typer.Argument(..., help="Output folder: protected PNG/MP4 files (or a protected dataset copy), "
+                                         "report.json, report.md."),
     classifier: str = typer.Option("bundled", help="Classifier to mislead: bundled (offline ImageNet EfficientNet-Lite0)."),
     sigma: float = typer.Option(0.99, help="Private classes = the smallest top set reaching this cumulative probability."),
     private: Optional[List[str]] = typer.Option(
@@ -230,14 +232,38 @@ def explain(
     out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/explain-<split> or RUN/explain-<video>)."),
     num_clips: int = typer.Option(4, help="Clips to draw (one per class first, deterministic)."),
     split: Optional[str] = typer.Option(None, help="Split whose test clips are used (default: the run's split)."),
+    keypoints: Optional[Path] = typer.Option(
+        None, help="Keypoints of the video INPUT (COCO-style JSON, e.g. from `egoattn keypoints`), drawn as a skeleton."),
 ) -> None:
     """Attention overlays (GIF, MP4, grid PNG) and, with ground-truth masks, pointing game vs the centre prior."""
     from egoattn.explain.explain import explain_run
 
     try:
-        explain_run(run, input, split=split, out=out, num_clips=num_clips, compare=compare)
+        explain_run(run, input, split=split, out=out, num_clips=num_clips, compare=compare, keypoints=keypoints)
     except EgoattnError as e:
         _fail(e)
+
+
+@app.command()
+def keypoints(
+    video: Path = typer.Argument(..., help="A video file (anything PyAV decodes)."),
+    out: Path = typer.Option(..., help="COCO-style JSON file to write (read back by read_coco_keypoints)."),
+    kind: str = typer.Option("body", help="body (COCO-17, one person: third-person video) | hand (21 keypoints, "
+                                          "one hand: first-person video)."),
+    hand: str = typer.Option("best", help="With --kind hand: best | left | right (the wearer's)."),
+    min_confidence: float = typer.Option(0.5, help="Detection threshold; joints less visible than this are missing."),
+) -> None:
+    """Keypoints from a video, with the optional 'pose' extra (MediaPipe; its weights ship in its wheel)."""
+    from egoattn.data.keypoints import keypoint_mask
+    from egoattn.data.pose_estimator import extract_to_file
+
+    try:
+        points = extract_to_file(video, out, kind=kind, hand=hand, min_confidence=min_confidence)
+    except EgoattnError as e:
+        _fail(e)
+    mask = keypoint_mask(points)
+    typer.echo(f"{points.shape[0]} frames, {points.shape[1]} joints; a person/hand in {int(mask.any(axis=1).sum())} "
+               f"frames, {100 * mask.mean():.1f}% of joints present -> {out}")
 
 
 @app.command()

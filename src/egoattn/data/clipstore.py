@@ -3,7 +3,8 @@
 Layout inside `clips/<clip_id>.zip` (a standard zip: `unzip -l` shows it):
 
     meta.json              {"clip_id", "num_frames", "fps", "height", "width", "modalities": [...]}
-    rgb/000000.jpg ...     RGB frames (JPEG)
+    rgb/000000.jpg ...     RGB frames: JPEG, or PNG (rgb/000000.png) when meta.json has
+                           "rgb_format": "png" (lossless, e.g. privacy-protected frames)
     flow/x_000000.png ...  optical flow frame i -> i+1 as 8-bit images (dense_flow convention,
     flow/y_000000.png ...  +-bound px mapped to 0..255); num_frames - 1 of them
     warp/x_000000.png ...  the same for camera-compensated warp flow
@@ -32,11 +33,29 @@ from egoattn.fileio import atomic_path
 
 FLOW_KINDS = ("flow", "warp")
 GRAY_KINDS = ("motion", "mask")
+RGB_FORMATS = ("jpg", "png")
+
+
+def rgb_member(i: int, rgb_format: str = "jpg") -> str:
+    """Name of RGB frame i inside a clip zip; a clip without meta "rgb_format" is "jpg"."""
+    if rgb_format not in RGB_FORMATS:
+        raise ValueError(f"rgb_format must be one of {RGB_FORMATS}, got {rgb_format!r}")
+    return f"rgb/{i:06d}.{rgb_format}"
+
+
+def encode_rgb(frame: np.ndarray, rgb_format: str = "jpg", jpeg_quality: int = 90) -> bytes:
+    """One (H, W, 3) uint8 RGB frame as the bytes of a JPEG (lossy) or PNG (lossless) member."""
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if rgb_format == "jpg" else []
+    ok, buf = cv2.imencode(f".{rgb_format}", bgr, params)
+    if not ok:
+        raise ValueError(f"could not encode {rgb_format} image of shape {frame.shape}")
+    return buf.tobytes()
 
 
 def _frame_name(kind: str, i: int, axis: str = "") -> str:
     if kind == "rgb":
-        return f"rgb/{i:06d}.jpg"
+        return rgb_member(i)
     if kind in FLOW_KINDS:
         return f"{kind}/{axis}_{i:06d}.png"
     if kind in GRAY_KINDS:
@@ -50,10 +69,15 @@ class ClipWriter:
     Use as a context manager: on an exception nothing is written and an existing clip is kept.
     """
 
-    def __init__(self, path: str | Path, clip_id: str, fps: float, jpeg_quality: int = 90) -> None:
+    def __init__(self, path: str | Path, clip_id: str, fps: float, jpeg_quality: int = 90,
+                 rgb_format: str = "jpg") -> None:
         self.path = Path(path)
         self.meta: dict[str, Any] = {"clip_id": clip_id, "fps": float(fps), "modalities": []}
+        if rgb_format != "jpg":
+            rgb_member(0, rgb_format)  # validates
+            self.meta["rgb_format"] = rgb_format
         self.jpeg_quality = jpeg_quality
+        self.rgb_format = rgb_format
         self._members: dict[str, bytes] = {}
         self._counts: dict[str, int] = {}
 
@@ -67,9 +91,7 @@ class ClipWriter:
         """frames: (T, H, W, 3) uint8 RGB."""
         self._check(frames, 4)
         for i, f in enumerate(frames):
-            self._members[_frame_name("rgb", i)] = self._encode(
-                ".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
-            )
+            self._members[rgb_member(i, self.rgb_format)] = encode_rgb(f, self.rgb_format, self.jpeg_quality)
         self._counts["rgb"] = len(frames)
         self.meta["num_frames"] = len(frames)
         self.meta["height"], self.meta["width"] = int(frames.shape[1]), int(frames.shape[2])
@@ -189,7 +211,8 @@ class ClipReader:
     def read_rgb(self, indices: Sequence[int]) -> np.ndarray:
         """(n, H, W, 3) uint8 RGB."""
         self._check_indices("rgb", indices, self.num_frames)
-        return np.stack([cv2.cvtColor(self._decode(_frame_name("rgb", i), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        fmt = self.meta.get("rgb_format", "jpg")
+        return np.stack([cv2.cvtColor(self._decode(rgb_member(i, fmt), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                          for i in indices])
 
     def read_flow(self, kind: str, indices: Sequence[int]) -> np.ndarray:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from egoattn.data.samplers import uniform_indices
 from egoattn.data.sources import natural_key
-from egoattn.errors import BadInputError, EgoattnError
+from egoattn.errors import BadInputError
 from egoattn.fileio import read_json
 
 # Joint groups of the known layouts (0-based). "center" is the reference joint group for
@@ -396,11 +396,3 @@ def _first_valid(values: Tensor, ok: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ estimator
-
-
-def extract_keypoints(video: str | Path) -> np.ndarray:
-    """Keypoints from a video with a pose estimator: not part of egoattn's core install."""
-    raise EgoattnError(
-        f"cannot extract keypoints from {video}: the keypoint estimator extra is not installed. "
-        "Provide keypoints as COCO/OpenPose JSON (read_coco_keypoints) or NTU .skeleton files "
-        "(read_ntu_skeleton) instead.")

@@ -10,7 +10,8 @@ of every test clip of the split is scored: pointing game (is the peak inside the
 of attention mass inside the mask, per class and overall, for each model and for a centre-prior
 Gaussian, the baseline a model must beat (attention_scores.json and attention_scores.md).
 
-INPUT may also be a video file: one clip of the whole video (the recipe's sampler), no scores.
+INPUT may also be a video file: one clip of the whole video (the recipe's sampler), no scores. With a
+keypoints file of that video (COCO-style JSON, e.g. from `egoattn keypoints`) the skeleton is drawn too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from egoattn.data.dataset import ClipDataset, load_prepared
 from egoattn.data.manifest import ClipRecord, resolve_inside, split_records
 from egoattn.data.samplers import FlowStackSampler
 from egoattn.errors import BadInputError, ConfigError
-from egoattn.explain.overlay import grid, overlay, put_label, write_gif, write_png
+from egoattn.explain.overlay import draw_keypoints, grid, overlay, put_label, write_gif, write_png
 from egoattn.explain.scoring import AttentionScore, centre_prior
 from egoattn.fileio import write_json, write_text_atomic
 from egoattn.inference.predict import Preprocessing
@@ -305,29 +306,62 @@ def _explain_dataset(runs: list[ExplainedRun], root: Path, split: str, out: Path
     return result
 
 
-def _explain_video(runs: list[ExplainedRun], video: Path, out: Path) -> dict[str, Any]:
+def with_keypoints(view: Explained, keypoints: np.ndarray, crop_box: tuple[float, float, float, float],
+                   frame_size: tuple[int, int]) -> Explained:
+    """Draw the skeleton on a view's frames: keypoints (N, J, 3) in pixels of the (height, width) video,
+    mapped through the centre crop (x0, y0, w, h in fractions of the frame); frames are first upscaled to
+    the display size so the lines stay thin."""
+    height, width = frame_size
+    side = max(DISPLAY_MIN, view.frames.shape[1])
+    side += side % 2
+    x0, y0, cw, ch = crop_box
+    drawn = []
+    for frame, index in zip(view.frames, view.frame_indices.tolist()):
+        kp = keypoints[index].astype(np.float64).copy()
+        kp[:, 0] = (kp[:, 0] / width - x0) / cw * side
+        kp[:, 1] = (kp[:, 1] / height - y0) / ch * side
+        drawn.append(draw_keypoints(_display(frame, side), kp, radius=max(2, side // 112)))
+    view.frames = np.stack(drawn)
+    return view
+
+
+def _explain_video(runs: list[ExplainedRun], video: Path, out: Path, keypoints: Path | None = None) -> dict[str, Any]:
+    from egoattn.data.keypoints import read_coco_keypoints
     from egoattn.data.video import probe_video, read_frames
 
     info = probe_video(video)
+    points = None
+    if keypoints is not None:
+        points = read_coco_keypoints(keypoints)
+        if points.shape[0] != info.num_frames:
+            raise BadInputError(keypoints, f"keypoints of {points.shape[0]} frames, but {video} has {info.num_frames}")
     views = []
     for run in runs:
         indices = run.prep.sample(info.num_frames)
         unique, inverse = np.unique(indices, return_inverse=True)
         crops = np.stack([run.prep.crop(f) for f in read_frames(video, unique.tolist())])[inverse]
-        views.append(run.explain_frames(crops, indices))
+        view = run.explain_frames(crops, indices)
+        if points is not None:
+            view = with_keypoints(view, points, run.prep.crop_box(info.height, info.width), (info.height, info.width))
+        views.append(view)
     files = write_clip_files(out, video.stem, views, None)
     return {"input": str(video), "split": None, "out": str(out), "scores": None,
+            "keypoints": None if keypoints is None else str(keypoints),
             "clips": [{"clip_id": video.stem, "true": None, "files": [str(f) for f in files],
                        "predictions": {v.name: {"label": v.pred[0], "prob": v.pred[1]} for v in views}}]}
 
 
 def explain_run(run: str | Path, input: str | Path, split: str | None = None, out: str | Path | None = None,
-                num_clips: int = 4, compare: str | Path | None = None) -> dict[str, Any]:
+                num_clips: int = 4, compare: str | Path | None = None,
+                keypoints: str | Path | None = None) -> dict[str, Any]:
     """Overlays for `num_clips` clips of `split` of a prepared dataset (or of a video) and, with masks,
-    attention scores over the whole split; `compare` adds a second run side by side. Returns a summary
+    attention scores over the whole split; `compare` adds a second run side by side; `keypoints` (a video
+    INPUT only) a COCO-style JSON file of the video's keypoints drawn as a skeleton. Returns a summary
     (also written to OUT/explain.json)."""
     if num_clips < 1:
         raise ConfigError(f"num_clips must be >= 1, got {num_clips}")
+    if keypoints is not None and (Path(input) / "manifest.csv").is_file():
+        raise ConfigError(f"keypoints ({keypoints}) can only be drawn over a video INPUT, not the dataset {input}")
     run, input = Path(run), Path(input)
     run_dirs = [run] + ([Path(compare)] if compare is not None else [])
     runs = [ExplainedRun(r, n) for r, n in zip(run_dirs, _names(run_dirs))]
@@ -337,7 +371,7 @@ def explain_run(run: str | Path, input: str | Path, split: str | None = None, ou
         result = _explain_dataset(runs, input, split, target, num_clips)
     elif input.is_file():
         target = Path(out) if out is not None else run / f"explain-{input.stem}"
-        result = _explain_video(runs, input, target)
+        result = _explain_video(runs, input, target, None if keypoints is None else Path(keypoints))
     elif input.is_dir():
         raise BadInputError(input, "not a prepared dataset (no manifest.csv) and not a video file")
     else:

@@ -52,3 +52,29 @@ def write_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 4.0) 
     with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                        duration=int(1000 / fps), loop=0)
+
+
+#: Bones to draw, by joint count: COCO-17 (face, arms, torso, legs) and the 21 hand keypoints
+#: (wrist to each finger's base, then along the finger). Other layouts are drawn as joints only.
+SKELETON_EDGES: dict[int, tuple[tuple[int, int], ...]] = {
+    17: ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
+         (11, 12), (11, 13), (13, 15), (12, 14), (14, 16)),
+    21: tuple((0, b) for b in (1, 5, 9, 13, 17))
+        + tuple((b + i, b + i + 1) for b in (1, 5, 9, 13, 17) for i in range(3)),
+}
+
+
+def draw_keypoints(frame: np.ndarray, keypoints: np.ndarray, radius: int = 2,
+                   color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """A copy of an RGB uint8 frame with the present joints of ``keypoints`` (J, 3) (x, y in this frame's
+    pixels, confidence; NaN / 0 = missing) and the bones between two present joints drawn on it."""
+    out = frame.copy()
+    kp = np.asarray(keypoints, dtype=np.float64)
+    present = (kp[:, 2] > 0) & np.isfinite(kp[:, :2]).all(axis=1)
+    xy = np.where(present[:, None], np.round(kp[:, :2]), 0).astype(np.int64)
+    for a, b in SKELETON_EDGES.get(kp.shape[0], ()):
+        if present[a] and present[b]:
+            cv2.line(out, tuple(map(int, xy[a])), tuple(map(int, xy[b])), color, max(1, radius // 2 + 1), cv2.LINE_AA)
+    for j in np.nonzero(present)[0]:
+        cv2.circle(out, tuple(map(int, xy[j])), radius, (255, 0, 0), -1, cv2.LINE_AA)
+    return out

@@ -1,4 +1,4 @@
-"""`egoattn protect`: P-FGSM over an image, a folder of images (and videos), or a video.
+"""`egoattn protect`: P-FGSM over an image, a folder of images (and videos), a video, or a prepared dataset.
 
 Outputs, in OUT:
 - protected images as PNG (``<name>.png``, lossless, so the 8-bit perturbation survives; a JPEG
@@ -8,24 +8,38 @@ Outputs, in OUT:
   perturbation itself - so it can undo the protection; ``lossless=True`` writes lossless H.264
   (libx264rgb, qp 0, decodes bit-exact). Every written video is decoded again and re-classified,
   so the report states what a viewer of the *file* gets, not what the attack had in memory;
+- for a prepared dataset (a folder with manifest.csv and clips/, see data/prepare.py): a protected
+  copy with the same manifest.csv, classes.txt and other top-level files; each clip zip has its RGB
+  frames protected and stored as PNG (meta "rgb_format": "png"; lossless, so the stored frames are
+  the attacked ones, while the clips' JPEG changes pixels by about the perturbation's size) and
+  every other member (flow, warp, motion, mask, keypoints, privacy) copied byte for byte.
+  `egoattn evaluate RUN --data OUT` reads it like the original;
 - ``report.json`` (per item and aggregate) and ``report.md``.
 
-Videos: one private set and one target class per video, so that protected frames do not flicker
-between targets. The private set is frame 0's (sigma rule) or the fixed list; the target is drawn
-from the classes outside it, and every frame is attacked towards it and judged against it. (Judging
-each frame against its own sigma set instead does not work with one target: on the low-confidence
-frames of real video the sigma = 0.99 set holds most of the 1000 classes and often contains the
-video's target. How often that happens is still reported per frame, ``target_in_frame_sigma_set``.)
+Videos and prepared clips: one private set and one target class per video (or clip), so that
+protected frames do not flicker between targets. The private set is frame 0's (sigma rule) or the
+fixed list; the target is drawn from the classes outside it, and every frame is attacked towards it
+and judged against it. (Judging each frame against its own sigma set instead does not work with one
+target: on the low-confidence frames of real video the sigma = 0.99 set holds most of the 1000
+classes and often contains the video's target. How often that happens is still reported per frame, ``target_in_frame_sigma_set``.)
 
-Folders are resumable: items already in OUT/report.json (with their output present) are skipped, and
-every file, the report included, is written atomically. Targets are drawn with one generator per item
+Folders and prepared datasets are resumable: items already in OUT/report.json (with their output
+present) are skipped, an OUT made with other options is refused, and every file, the report and each
+clip zip included, is written atomically. A dataset copy's manifest.csv is written last, so an
+interrupted copy has none and is not mistaken for a complete dataset; a lock file
+(OUT/.protect.lock) keeps two runs from writing one copy. Targets are drawn with one generator per item
 seeded from (seed, item name), so a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import shutil
+import zipfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,6 +47,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from egoattn.data.clipstore import ClipReader, encode_rgb, rgb_member
+from egoattn.data.manifest import read_classes, read_manifest, resolve_inside
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.fileio import atomic_path, read_json, write_json, write_text_atomic
 from egoattn.privacy.pfgsm import (ImageClassifier, draw_targets, load_classifier, pfgsm, private_mask, private_set,
@@ -172,6 +188,62 @@ def video_private_set(classifier: ImageClassifier, frame0: np.ndarray, options: 
     return ids, int(draw_targets(mask, generator)[0])
 
 
+def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    chunk: list[np.ndarray] = []
+    for f in frames:
+        chunk.append(f)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def protect_sequence(classifier: ImageClassifier, rel: str, frames: Iterator[np.ndarray], options: ProtectOptions,
+                     device: torch.device) -> tuple[list[int], int, list[dict[str, Any]], Iterator[np.ndarray]]:
+    """One target for a whole frame sequence (a video or a prepared clip), chosen on its first frame.
+
+    Returns (private_ids, target, per_frame, protected): ``protected`` yields the protected frames
+    batch by batch, and ``per_frame`` fills with one report entry per frame as ``protected`` is
+    consumed; its ``target_in_frame_sigma_set`` says whether the target is in the frame's own sigma
+    set (None with fixed private classes).
+    """
+    first = next(frames, None)
+    if first is None:
+        raise BadInputError(rel, "no frames")
+    private_ids, target = video_private_set(classifier, first, options, _generator(options.seed, rel), device)
+    frame_options = options.model_copy(update={"private_classes": private_ids})
+    per_frame: list[dict[str, Any]] = []
+
+    def protected() -> Iterator[np.ndarray]:
+        for chunk in _chunks(itertools.chain([first], frames), options.batch_size):
+            x = _to_tensor(chunk, device)
+            own = None
+            if not options.private_classes:
+                with torch.no_grad():
+                    own = private_mask(classifier.eval()(x.float() / 255.0).softmax(dim=1), options.sigma)
+            result = _pfgsm(classifier, x, frame_options, target=target)
+            for i in range(len(result)):
+                entry = result.item(i, max_private=0)
+                for key in ("private_set_size", "private_ids", "private_names"):
+                    entry.pop(key)
+                entry["target_in_frame_sigma_set"] = None if own is None else bool(own[i, target])
+                per_frame.append(entry)
+            yield from _to_frames(result.images)
+
+    return private_ids, target, per_frame, protected()
+
+
+def _sequence_entry(classifier: ImageClassifier, private_ids: list[int], target: int,
+                    per_frame: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report fields a video and a prepared clip share: target, private set, per-frame summary."""
+    return {"target": target, "target_name": classifier.class_names[target],
+            "private_set_size": len(private_ids), "private_ids": private_ids[:20],
+            "private_names": [classifier.class_names[c] for c in private_ids[:20]],
+            "target_in_frame_sigma_set": sum(bool(f["target_in_frame_sigma_set"]) for f in per_frame),
+            **_summary(per_frame), "per_frame": per_frame}
+
+
 def protect_video(classifier: ImageClassifier, rel: str, path: Path, out: Path, options: ProtectOptions,
                   device: torch.device) -> dict[str, Any]:
     """Protect every frame towards one target, write the MP4, decode it back and re-classify."""
@@ -181,53 +253,23 @@ def protect_video(classifier: ImageClassifier, rel: str, path: Path, out: Path, 
     if not options.lossless and (info.width % 2 or info.height % 2):
         raise BadInputError(path, f"lossy H.264 (yuv420p) needs an even width and height, the video is "
                                   f"{info.width}x{info.height}; use lossless output")
-    frames_iter = iter_frames(path)
-    first = next(frames_iter)
-    private_ids, target = video_private_set(classifier, first, options, _generator(options.seed, rel), device)
-    frame_options = options.model_copy(update={"private_classes": private_ids})
-    per_frame: list[dict[str, Any]] = []
-
-    def chunks() -> Iterator[list[np.ndarray]]:
-        chunk = [first]
-        for f in frames_iter:
-            chunk.append(f)
-            if len(chunk) == options.batch_size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-    def protected_frames() -> Iterator[np.ndarray]:
-        for chunk in chunks():
-            result = _pfgsm(classifier, _to_tensor(chunk, device), frame_options, target=target)
-            for i in range(len(result)):
-                entry = result.item(i, max_private=0)
-                for key in ("private_set_size", "private_ids", "private_names"):
-                    entry.pop(key)
-                per_frame.append(entry)
-            yield from _to_frames(result.images)
-
+    private_ids, target, per_frame, protected = protect_sequence(classifier, rel, iter_frames(path), options, device)
     name = _output_name(rel, "video")
-    write_video(out / name, protected_frames(), fps=info.fps, crf=options.crf, lossless=options.lossless)
+    write_video(out / name, protected, fps=info.fps, crf=options.crf, lossless=options.lossless)
     _verify_video(classifier, path, out / name, per_frame, private_ids, options, device)
     written = probe_video(out / name)
     return {
         "kind": "video", "output": name, "frames": len(per_frame), "fps": written.fps,
         "width": written.width, "height": written.height, "input_fps": info.fps,
         "encoding": "lossless H.264 (libx264rgb qp 0)" if options.lossless else f"H.264 yuv420p crf {options.crf}",
-        "target": target, "target_name": classifier.class_names[target],
-        "private_set_size": len(private_ids), "private_ids": private_ids[:20],
-        "private_names": [classifier.class_names[c] for c in private_ids[:20]],
-        "target_in_frame_sigma_set": sum(bool(f["target_in_frame_sigma_set"]) for f in per_frame),
-        **_summary(per_frame),
-        "per_frame": per_frame,
+        **_sequence_entry(classifier, private_ids, target, per_frame),
     }
 
 
 def _verify_video(classifier: ImageClassifier, original: Path, written: Path, per_frame: list[dict[str, Any]],
                   private_ids: list[int], options: ProtectOptions, device: torch.device) -> None:
-    """Replace each frame's 'after' numbers by those of the decoded output (keeping the in-memory ones
-    under ``before_encoding``) and note whether the target is in the frame's own sigma set."""
+    """Replace each frame's 'after' numbers by those of the decoded output, keeping the in-memory ones
+    under ``before_encoding``."""
     from egoattn.data.video import iter_frames
 
     def pairs() -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
@@ -250,7 +292,6 @@ def _verify_video(classifier: ImageClassifier, original: Path, written: Path, pe
         x = _to_tensor(dec, device).float() / 255.0
         with torch.no_grad():
             probs = classifier(x).softmax(dim=1)
-            own = None if options.private_classes else private_mask(classifier(x0).softmax(dim=1), options.sigma)
         conf, top1 = probs.max(dim=1)
         q_psnr, q_ssim = psnr(x, x0), ssim(x, x0)
         for i in range(len(orig)):
@@ -263,8 +304,7 @@ def _verify_video(classifier: ImageClassifier, original: Path, written: Path, pe
                      target_conf_after=float(probs[i, e["target"]]),
                      private_conf_after=float((probs[i] * private).sum()),
                      psnr=p if math.isfinite(p) else None, ssim=float(q_ssim[i]),
-                     protected=not bool(private[t1]),
-                     target_in_frame_sigma_set=None if own is None else bool(own[i, e["target"]]))
+                     protected=not bool(private[t1]))
             k += 1
 
 
@@ -294,12 +334,13 @@ def _summary(units: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def aggregate(items: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Over all images and all video frames (each frame one unit)."""
+    """Over all images and all video / prepared-clip frames (each frame one unit)."""
     units: list[dict[str, Any]] = []
     for entry in items.values():
-        units.extend(entry["per_frame"] if entry["kind"] == "video" else [entry])
+        units.extend(entry["per_frame"] if "per_frame" in entry else [entry])
     return {"items": len(items), "images": sum(e["kind"] == "image" for e in items.values()),
-            "videos": sum(e["kind"] == "video" for e in items.values()), **_summary(units)}
+            "videos": sum(e["kind"] == "video" for e in items.values()),
+            "clips": sum(e["kind"] == "clip" for e in items.values()), **_summary(units)}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -332,13 +373,19 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(e['psnr'], 2)} | {_fmt(e['ssim'], 4)} | {'yes' if e['protected'] else 'NO'} |")
         else:
             lines.append(
-                f"| {rel} | video, {e['frames']} frames | conf {_fmt(e['mean_conf_before'])} | conf "
+                f"| {rel} | {e['kind']}, {e['frames']} frames | conf {_fmt(e['mean_conf_before'])} | conf "
                 f"{_fmt(e['mean_conf_after'])} | {e['target_name']} | {e['private_set_size']} | "
                 f"{_fmt(e['mean_iterations'], 1)} | {_fmt(e['mean_psnr'], 2)} | {_fmt(e['mean_ssim'], 4)} | "
                 f"{e['protected_units']}/{e['units']} |")
-    lines += ["", "Videos: the 'after' numbers are measured on the decoded output file. Lossy H.264 changes "
-              "pixels by a few grey levels, about the size of the perturbation, and can undo the protection; "
-              "use lossless output when that matters.", ""]
+    lines.append("")
+    if agg["videos"]:
+        lines += ["Videos: the 'after' numbers are measured on the decoded output file. Lossy H.264 changes "
+                  "pixels by a few grey levels, about the size of the perturbation, and can undo the protection; "
+                  "use lossless output when that matters.", ""]
+    if agg["clips"]:
+        lines += ["Prepared clips: one target per clip; the protected frames are stored as PNG inside the clip "
+                  "zips (lossless, so the 'after' numbers are those of the stored frames); every other member "
+                  "(flow, warp, motion, masks, keypoints) is copied unchanged.", ""]
     return "\n".join(lines)
 
 
@@ -364,12 +411,118 @@ def _load_report(out: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]
 
 
 # --------------------------------------------------------------------------------------------------
+# Prepared datasets
+
+
+def is_prepared_dataset(path: Path) -> bool:
+    """The rule of egoattn.data.check.detect_layout: a folder with manifest.csv and clips/."""
+    return path.is_dir() and (path / "manifest.csv").is_file() and (path / "clips").is_dir()
+
+
+def protect_clip(classifier: ImageClassifier, clip_id: str, src: Path, dst: Path, options: ProtectOptions,
+                 device: torch.device) -> dict[str, Any]:
+    """Protect a prepared clip's RGB frames towards one target and write the clip zip ``dst`` (atomically);
+    returns the clip's report fields.
+
+    The frames are stored as PNG (meta "rgb_format": "png"), losslessly, so the report's numbers are
+    those of the stored frames; JPEG would change pixels by about the perturbation's size. Every other
+    member is copied byte for byte.
+    """
+    reader = ClipReader(src)
+    try:
+        n = reader.num_frames
+        old_rgb = {rgb_member(i, reader.meta.get("rgb_format", "jpg")) for i in range(n)}
+        frames = (f for start in range(0, n, options.batch_size)
+                  for f in reader.read_rgb(range(start, min(n, start + options.batch_size))))
+        private_ids, target, per_frame, protected = protect_sequence(classifier, clip_id, frames, options, device)
+        meta = {**reader.meta, "rgb_format": "png",
+                "privacy_protection": {"method": "P-FGSM", "classifier": classifier.name, "target": target,
+                                       "target_name": classifier.class_names[target],
+                                       "options": options.model_dump(mode="json")}}
+        with atomic_path(dst) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr("meta.json", json.dumps(meta, indent=1))
+            for info in reader.zip.infolist():
+                if info.filename != "meta.json" and info.filename not in old_rgb:
+                    try:
+                        data = reader.zip.read(info)
+                    except (zipfile.BadZipFile, OSError, EOFError) as e:
+                        raise BadInputError(src, f"corrupt member {info.filename!r} ({e})") from None
+                    zf.writestr(info, data)
+            for i, frame in enumerate(protected):
+                zf.writestr(rgb_member(i, "png"), encode_rgb(frame, "png"))
+            if len(per_frame) != n:
+                raise BadInputError(src, f"read {len(per_frame)} RGB frames, meta.json says {n}")
+        height, width = int(reader.meta["height"]), int(reader.meta["width"])
+    finally:
+        reader.close()
+    return {"frames": n, "width": width, "height": height, "encoding": "PNG in the clip zip (lossless)",
+            **_sequence_entry(classifier, private_ids, target, per_frame)}
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One protect run per output dataset (the lock of egoattn prepare, under its own name)."""
+    from egoattn.data.prepare import _Lock
+
+    path = out / ".protect.lock"
+    lock = _Lock(path)
+    try:
+        lock.__enter__()
+    except BadInputError:
+        raise BadInputError(path, "another `egoattn protect` is writing this folder "
+                                  "(delete the lock file if no such process runs)") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def protect_dataset(classifier: ImageClassifier, input: Path, out: Path, header: dict[str, Any],
+                    options: ProtectOptions, device: torch.device) -> dict[str, Any]:
+    """A protected copy of a prepared dataset: every clip of the manifest protected (resumable, see
+    protect_clip); manifest.csv, classes.txt and the other top-level files copied unchanged at the end,
+    so a dataset in OUT with a manifest is a complete one."""
+    if out.resolve() == input.resolve():
+        raise ConfigError(f"{out}: the protected copy must go to another folder than the dataset itself")
+    classes = read_classes(input / "classes.txt")
+    records = read_manifest(input / "manifest.csv", classes)
+    if not records:
+        raise BadInputError(input / "manifest.csv", "no clips listed")
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {**header, "input": str(input), "items": {}}
+    with _locked(out):
+        done = _load_report(out, header)
+        report["items"] = {r.clip_id: done[r.clip_id] for r in records if r.clip_id in done}
+        for rec in records:
+            if rec.clip_id in report["items"]:
+                continue
+            src, dst = resolve_inside(input, rec.path), resolve_inside(out, rec.path)
+            entry = protect_clip(classifier, rec.clip_id, src, dst, options, device)
+            report["items"][rec.clip_id] = {"kind": "clip", "output": rec.path, **entry}
+            _write_report(out, report)
+        report["items"] = {r.clip_id: report["items"][r.clip_id] for r in records}
+        _write_report(out, report)
+        skip = {"report.json", "report.md", "manifest.csv"}
+        for p in sorted(input.iterdir()):
+            if p.is_file() and not p.name.startswith(".") and p.name not in skip:
+                _copy_file(p, out / p.name)
+        _copy_file(input / "manifest.csv", out / "manifest.csv")  # last: a manifest means a complete copy
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry point
 
 
 def protect(input: str | Path, out: str | Path, classifier: str | ImageClassifier = "bundled",
             options: ProtectOptions | None = None, device: str | torch.device | None = None) -> dict[str, Any]:
-    """Protect an image, a folder (images and videos) or a video into OUT; returns the report dict."""
+    """Protect an image, a folder (images and videos), a video or a prepared dataset (a folder with
+    manifest.csv and clips/) into OUT; returns the report dict."""
     input, out = Path(input), Path(out)
     options = options or ProtectOptions()
     clf = load_classifier(classifier) if isinstance(classifier, str) else classifier
@@ -377,6 +530,9 @@ def protect(input: str | Path, out: str | Path, classifier: str | ImageClassifie
     clf = clf.to(dev).eval()
     if options.private_classes is not None:
         clf.class_ids(options.private_classes)  # fail early on unknown names
+    header = {"version": REPORT_VERSION, "classifier": clf.name, "options": options.model_dump(mode="json")}
+    if is_prepared_dataset(input):
+        return protect_dataset(clf, input, out, header, options, dev)
     items = list_items(input)
     outputs: dict[str, str] = {}
     for rel, _, kind in items:
@@ -384,7 +540,6 @@ def protect(input: str | Path, out: str | Path, classifier: str | ImageClassifie
         if name in outputs:
             raise BadInputError(input, f"{rel} and {outputs[name]} would both be written as {name}")
         outputs[name] = rel
-    header = {"version": REPORT_VERSION, "classifier": clf.name, "options": options.model_dump(mode="json")}
     report: dict[str, Any] = {**header, "input": str(input), "items": {}}
     done = _load_report(out, header)
     report["items"] = {rel: done[rel] for rel, _, _ in items if rel in done}

@@ -143,7 +143,7 @@ class Obj:
 
 
 def _make_obj(noun: str, pos: np.ndarray, width: int, rng: np.random.Generator) -> Obj:
-    r = 0.5 * width * rng.uniform(0.10, 0.13)
+    r = 0.5 * width * rng.uniform(0.15, 0.18)
     if noun == "cup":  # red-orange family, open top
         body = _hsv(rng.uniform(-0.02, 0.04), rng.uniform(0.6, 0.85), rng.uniform(0.7, 0.92))
         lid = body
@@ -320,13 +320,13 @@ def action_track(verb: str, layout: Layout, p: SynthPreset, rng: np.random.Gener
         # hand at (centre + offset + radius * u(angle)) with the same law of offset, radius and angle.
         phi = np.full(T, -math.pi / 2 + rng.uniform(-0.45, 0.25))
         offset = obj.r * rng.uniform(0.0, 0.4) * _direction(rng.uniform(-math.pi, math.pi))
-        radius = obj.r * rng.uniform(0.4, 0.8)
-        cycles = rng.uniform(1.5, 3.0)
+        radius = obj.r * rng.uniform(0.6, 1.0)
+        cycles = rng.uniform(1.0, 2.0)
         phase = rng.uniform(0, 2 * math.pi)
         grip = np.full(T, rng.uniform(0.3, 0.6))
         sign = 1.0 if rng.random() < 0.5 else -1.0
         line = _direction(rng.uniform(-math.pi, math.pi))
-        amplitude = obj.r * rng.uniform(0.4, 0.8)
+        amplitude = obj.r * rng.uniform(0.6, 1.0)
         xi = rng.uniform(0, 2 * math.pi)  # shake: where on the stir circle the hand holds the object
         angle = 2 * np.pi * cycles * tau + phase
         if verb == "stir":

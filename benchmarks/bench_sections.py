@@ -94,6 +94,16 @@ def convlstm_flops(batch: int, steps: int, in_channels: int, hidden: int, h: int
     return 2.0 * 9 * (in_channels + hidden) * 4 * hidden * h * w * steps * batch
 
 
+def convlstm_executed_flops(batch: int, steps: int, in_channels: int, hidden: int, h: int, w: int,
+                            input_grad: bool = False) -> float:
+    """FLOPs egoattn's ConvLSTM executes for forward + backward (the nominal count is 3x `convlstm_flops`):
+    no h part at the zero initial state (step 1), and no gradient for an input that needs none."""
+    unit = 2.0 * 9 * 4 * hidden * h * w * batch
+    forward = (steps * in_channels + (steps - 1) * hidden) * unit
+    grad_input = ((steps - 1) * hidden + (steps * in_channels if input_grad else 0)) * unit
+    return 2 * forward + grad_input  # forward, weight gradient (same products), input gradient
+
+
 # --- 1. matmul peak ---------------------------------------------------------------------------------
 
 
@@ -584,6 +594,10 @@ def convlstm_section(sz: Sizes, device: torch.device, peak: dict[str, float], mo
         gf_fwd = flops / tf / 1e9
         extra = " + channels-last" if cl else ""
         s.add(f"ConvLSTM forward+backward {name}{extra}", gf_train, "GFLOP/s", f"{steps} steps, 3x forward FLOPs")
+        executed = convlstm_executed_flops(B, steps, cin, hidden, h, w, input_grad=inp.requires_grad)
+        s.add(f"ConvLSTM forward+backward {name}{extra}, FLOPs executed", executed / t / 1e9, "GFLOP/s",
+              f"{100 * executed / (3 * flops):.0f}% of the nominal count (no h part at the zero state, no input "
+              f"gradient): {100 * executed / t / 1e9 / peak[name]:.0f}% of peak")
         s.add(f"ConvLSTM forward {name}{extra}", gf_fwd, "GFLOP/s")
         s.ratio(f"convlstm_fwd_share_{name}", f"ConvLSTM forward / matmul peak {name}", 100 * gf_fwd / peak[name], "%")
         # Without bf16 instructions the bf16 "peak" is an emulated fallback: a share of it says nothing,

@@ -14,8 +14,9 @@ Measures, on this machine and in this order:
 
 Every ratio is printed as `ratio <key>: <value> ... (target ...) PASS|MISS`. A missed target gets a
 note from torch.profiler / cProfile saying what limits it. Without --quick the report goes to
-BENCHMARKS.md at the repository root; --quick (a smoke run, under a minute on a quiet machine)
-writes only when --out is given. Timings are only meaningful on an otherwise idle machine.
+BENCHMARKS.md at the repository root; --quick (a smoke run, under a minute on a quiet machine) and
+--only SECTION,... (one or a few sections) write only when --out is given. Timings are only
+meaningful on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -142,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="report file (default: BENCHMARKS.md at the repository root; --quick: none)")
     ap.add_argument("--only", default=None,
-                    help="comma-separated sections to run: peak, inference, pipeline, stage1, flow, memory")
+                    help="comma-separated sections to run: peak, inference, pipeline, stage1, flow, memory "
+                         "(writes a report only with --out)")
     args = ap.parse_args(argv)
     sz = bs.QUICK if args.quick else bs.FULL
-    out = args.out if args.out is not None else (None if args.quick else ROOT / "BENCHMARKS.md")
+    # A partial run (--quick, --only) must not overwrite the full report: it writes only to an explicit --out.
+    out = args.out if args.out is not None else (None if args.quick or args.only else ROOT / "BENCHMARKS.md")
     only = set(args.only.split(",")) if args.only else None
 
     when = dt.datetime.now().astimezone()

@@ -47,6 +47,16 @@ def test_convlstm_flops_counts_the_fused_convolution():
     assert bs.convlstm_flops(1, 1, cin, hidden, h, w) == 2 * macs
 
 
+def test_convlstm_executed_flops_count_what_the_sequence_skips():
+    cin, hidden, h, w = 5, 3, 4, 6
+    unit = 2 * 9 * 4 * hidden * h * w
+    # One step from the zero state: only the x part, forward + weight gradient, no input gradient.
+    assert bs.convlstm_executed_flops(1, 1, cin, hidden, h, w) == 2 * cin * unit
+    # With every part needed, the count is the nominal 3x forward less the zero-state h part (3 products).
+    full = bs.convlstm_executed_flops(2, 4, cin, hidden, h, w, input_grad=True)
+    assert full == 3 * bs.convlstm_flops(2, 4, cin, hidden, h, w) - 3 * 2 * hidden * unit
+
+
 def test_reference_cell_is_the_fused_cell():
     torch.manual_seed(0)
     fused = ConvLSTMCell(6, 4)

@@ -74,6 +74,51 @@ def test_fused_convlstm_equals_eight_convolution_reference():
     torch.testing.assert_close(h_last, hs[:, -1])
 
 
+@pytest.mark.parametrize("kernel,with_state", [(3, False), (3, True), (5, False), (1, True)])
+def test_convlstm_sequence_equals_stepping_the_fused_cell_with_gradients(kernel, with_state):
+    """ConvLSTM.forward (im2col + matrix products, x part of all steps at once, no h part at the zero
+    state) is the fused cell stepped over time: outputs, final state and gradients of x, weight, bias."""
+    torch.manual_seed(0)
+    cin, hid, b, t, size = 5, 4, 2, 3, 6
+    seq = ConvLSTM(cin, hid, kernel)
+    with torch.no_grad():
+        seq.cell.conv.bias.normal_()
+    x = torch.randn(b, t, cin, size, size, requires_grad=True)
+    state = (torch.randn(b, hid, size, size), torch.randn(b, hid, size, size)) if with_state else None
+    hs, cs, (h_last, c_last) = seq(x, state)
+    assert hs.shape == cs.shape == (b, t, hid, size, size) and hs.is_contiguous() and c_last.is_contiguous()
+    loss = (hs * torch.linspace(-1, 1, hs.numel()).view_as(hs)).sum() + cs.square().sum()
+    grads = torch.autograd.grad(loss, [x, seq.cell.conv.weight, seq.cell.conv.bias])
+
+    step, outs = state, []
+    for i in range(t):
+        step = seq.cell(x[:, i], step)
+        outs.append(step)
+    ref_hs = torch.stack([o[0] for o in outs], 1)
+    ref_cs = torch.stack([o[1] for o in outs], 1)
+    torch.testing.assert_close(hs, ref_hs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cs, ref_cs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_last, ref_cs[:, -1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_last, ref_hs[:, -1], rtol=1e-5, atol=1e-6)
+    ref_loss = (ref_hs * torch.linspace(-1, 1, hs.numel()).view_as(hs)).sum() + ref_cs.square().sum()
+    ref_grads = torch.autograd.grad(ref_loss, [x, seq.cell.conv.weight, seq.cell.conv.bias])
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_convlstm_computes_no_gradient_for_a_frozen_input():
+    """Frozen features (x without grad): only the weights get gradients, and the sequence still trains."""
+    torch.manual_seed(0)
+    seq = ConvLSTM(3, 2)
+    x = torch.randn(1, 2, 3, 4, 4)
+    _, _, (_, c) = seq(x)
+    c.sum().backward()
+    assert x.grad is None and seq.cell.conv.weight.grad is not None
+    assert torch.count_nonzero(seq.cell.conv.weight.grad) > 0
+    with pytest.raises(ValueError, match="expects x of shape"):
+        seq(torch.randn(1, 2, 4, 4, 4))
+
+
 def test_convlstm_init_is_xavier_per_separate_convolution():
     cell = ConvLSTMCell(64, 48)
     w = cell.conv.weight.detach()

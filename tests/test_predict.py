@@ -22,6 +22,7 @@ from torch import nn
 from egoattn.data.clipstore import ClipReader, ClipWriter
 from egoattn.data.manifest import ClipRecord, write_classes, write_manifest
 from egoattn.data.video import iter_frames, probe_video, write_video
+from egoattn.errors import BadInputError
 from egoattn.inference.predict import (
     Predictor,
     Preprocessing,
@@ -29,6 +30,7 @@ from egoattn.inference.predict import (
     list_videos,
     predict_video,
     predict_videos,
+    prefetch,
     window_plan,
 )
 
@@ -197,6 +199,50 @@ def test_crop_matches_the_test_transform() -> None:
     np.testing.assert_array_equal(prep.crop(big), shrunk[4:68, 16:80])
     fx, fy, fw, fh = prep.crop_box(600, 800)
     assert (fx, fy, fw, fh) == pytest.approx((16 / 96, 4 / 72, 64 / 96, 64 / 72))
+
+
+def test_to_tensor_equals_the_loader_normalisation_bit_for_bit() -> None:
+    """One window converted with torch ops gives exactly the test transform's Normalize values."""
+    from egoattn.data.transforms import Normalize
+
+    prep = Preprocessing(2, "uniform", 16, 16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    crops = np.arange(256, dtype=np.uint8)[None, :, None].repeat(3, -1).reshape(1, 16, 16, 3).repeat(2, 0)
+    crops[1] = crops[1, ::-1]
+    expected = Normalize(prep.mean, prep.std)({"rgb": crops}, None)["rgb"]
+    for given in (crops, list(crops)):
+        x = prep.to_tensor(given)
+        assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32 and x.is_contiguous()
+        np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), expected)
+
+
+def test_prefetch_runs_ahead_boundedly_and_forwards_errors() -> None:
+    import threading
+
+    produced: list[int] = []
+    closed = threading.Event()
+
+    def numbers(fail_at: int | None = None):
+        try:
+            for i in range(100):
+                if i == fail_at:
+                    raise BadInputError("clip.mp4", "broken at 5")
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    assert list(prefetch(numbers(), 2)) == list(range(100)) and closed.is_set()
+    produced.clear(), closed.clear()
+    it = prefetch(numbers(), 2)
+    assert next(it) == 0
+    time.sleep(0.2)
+    assert len(produced) <= 4  # one consumed + at most 2 queued + 1 waiting to be queued
+    it.close()  # the consumer stops early: the thread stops and the source is closed
+    assert closed.wait(5)
+    closed.clear()
+    with pytest.raises(BadInputError, match="broken at 5"):
+        list(prefetch(numbers(fail_at=5), 2))
+    assert closed.is_set()
 
 
 def test_predict_agrees_with_evaluate(tmp_path: Path) -> None:

@@ -170,3 +170,45 @@ def test_builders_train_and_test() -> None:
 def test_center_crop_too_large() -> None:
     with pytest.raises(ValueError, match="larger than"):
         CenterCrop(64)({"rgb": np.zeros((1, 48, 60, 3), np.uint8)})
+
+
+# --- cost: uint8 until Normalize, one float conversion, no copy into the tensor ------------------------
+
+
+@pytest.mark.parametrize("mean,std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3)])
+def test_normalize_equals_the_numpy_formula_bit_for_bit(mean, std):
+    """Every uint8 value in every channel: torch's in-place passes give numpy's float32 values exactly."""
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.stack([values, values[::-1], np.roll(values, 7)], -1).reshape(2, 8, 16, 3)
+    flow = np.stack([values, values[::-1]], -1).reshape(1, 2, 8, 16, 2)
+    out = Normalize(mean, std)({"rgb": rgb, "flow": flow}, None)
+    expected = (rgb.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+    expected_flow = (flow.astype(np.float32) / 255.0 - np.float32(0.449)) / np.float32(0.226)
+    assert out["rgb"].dtype == np.float32 and out["rgb"].shape == rgb.shape
+    np.testing.assert_array_equal(out["rgb"], expected)
+    np.testing.assert_array_equal(out["flow"], expected_flow)
+    # A flipped (negative-stride) view is accepted too.
+    np.testing.assert_array_equal(Normalize(mean, std)({"rgb": rgb[:, :, ::-1]}, None)["rgb"], expected[:, :, ::-1])
+
+
+def test_normalized_frames_become_tensors_without_a_copy():
+    """Normalize fills a channels-first buffer; ToTensorClip's (T, 3, H, W) tensor is that buffer."""
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 10, 12, 3), dtype=np.uint8)
+    normalised = Normalize()({"rgb": rgb}, None)["rgb"]
+    tensor = ToTensorClip()({"rgb": normalised}, None)["rgb"]
+    assert tensor.shape == (3, 3, 10, 12) and tensor.is_contiguous()
+    assert np.shares_memory(tensor.numpy(), normalised)
+    np.testing.assert_array_equal(tensor.numpy(), np.moveaxis(normalised, -1, -3))
+
+
+def test_hflip_equals_reversing_the_width_axis():
+    rng = np.random.default_rng(1)
+    clip = {"rgb": rng.integers(0, 256, (3, 9, 13, 3), dtype=np.uint8),
+            "flow": rng.integers(0, 256, (2, 3, 9, 13, 2), dtype=np.uint8),
+            "mask": rng.integers(0, 2, (3, 9, 13), dtype=np.uint8)}
+    out = hflip(clip)
+    np.testing.assert_array_equal(out["rgb"], clip["rgb"][:, :, ::-1])
+    np.testing.assert_array_equal(out["mask"], clip["mask"][:, :, ::-1])
+    np.testing.assert_array_equal(out["flow"][..., 1], clip["flow"][..., ::-1, 1])
+    np.testing.assert_array_equal(out["flow"][..., 0], 255 - clip["flow"][..., ::-1, 0])
+    assert all(out[k].flags.c_contiguous for k in ("rgb", "flow", "mask"))

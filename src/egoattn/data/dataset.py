@@ -49,6 +49,8 @@ def _read_unique(read: Callable[[list[int]], np.ndarray], indices: np.ndarray) -
     flat = np.asarray(indices, dtype=np.int64).reshape(-1)
     unique, inverse = np.unique(flat, return_inverse=True)
     frames = read([int(i) for i in unique])
+    if unique.size == flat.size and np.array_equal(unique, flat):  # distinct and in order: no gather copy
+        return frames.reshape(np.shape(indices) + frames.shape[1:])
     return frames[inverse].reshape(np.shape(indices) + frames.shape[1:])
 
 

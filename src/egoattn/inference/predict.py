@@ -5,6 +5,11 @@ in flight still needs it (a ring buffer of at most a few windows' sampled frames
 grow with the video's length. Each window gets the recipe's frame sampler and test transform, so a
 clip gives the same logits as `egoattn evaluate` gives on the same frames.
 
+Decoding and cropping run in a background thread, at most `PREFETCH_WINDOWS` finished windows ahead
+of the model (a bounded queue: memory stays flat), so they overlap the model's forward pass instead of
+adding to it (PyAV, OpenCV and torch release the GIL in their kernels). Crops stay uint8 until the
+model's device; there one window is converted and normalised at once.
+
 Pre-processing of one frame: when its short side is larger than the recipe's `resize`, it is first
 shrunk to that short side with INTER_AREA (anti-aliased, as `egoattn prepare` shrinks source videos;
 the transform's bilinear Resize is then a no-op); then the test transform: Resize (short side),
@@ -19,9 +24,11 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -37,6 +44,8 @@ from egoattn.fileio import write_json, write_text_atomic
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
 #: Modalities a model needs that cannot be made from decoded frames alone here (optical flow).
 FLOW_MODALITIES = ("flow", "warp", "flow_pair")
+#: Finished windows (uint8 crops) the decoding thread may hold ahead of the model.
+PREFETCH_WINDOWS = 2
 
 
 # --- pre-processing -------------------------------------------------------------------------------
@@ -99,10 +108,21 @@ class Preprocessing:
         x0, y0 = (rw - self.size) // 2, (rh - self.size) // 2
         return x0 / rw, y0 / rh, self.size / rw, self.size / rh
 
-    def to_tensor(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
-        """(T, size, size, 3) uint8 crops -> normalised (T, 3, size, size) float32."""
-        clip = Normalize(mean=self.mean, std=self.std)({"rgb": np.stack(crops)}, None)
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip["rgb"], -1, -3)))
+    def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray, device: torch.device | str | None = None
+                  ) -> torch.Tensor:
+        """(T, size, size, 3) uint8 crops -> normalised (T, 3, size, size) float32 on `device` (default CPU).
+
+        The uint8 crops go to the device (4x fewer bytes than float32), then one pass converts the layout
+        and dtype and three in-place passes normalise: the same float32 operations in the same order as
+        the loader's `Normalize` ((x / 255 - mean) / std), so the values are identical.
+        """
+        u8 = torch.from_numpy(np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else np.stack(crops))
+        u8 = u8.to(device) if device is not None else u8
+        x = torch.empty((u8.shape[0], u8.shape[3], u8.shape[1], u8.shape[2]), dtype=torch.float32, device=u8.device)
+        x.copy_(u8.permute(0, 3, 1, 2))
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        return x.div_(255.0).sub_(mean).div_(std)
 
     def to_json(self) -> dict[str, Any]:
         return {"num_frames": self.num_frames, "sampler": self.sampler, "resize": self.resize, "crop": "centre",
@@ -148,8 +168,9 @@ class Predictor:
         return cls.from_loaded(load_run(run, which=which), device)
 
     @torch.inference_mode()
-    def __call__(self, crops: Sequence[np.ndarray]) -> ClipOutput:
-        rgb = self.prep.to_tensor(crops)[None].to(self.device)
+    def __call__(self, crops: Sequence[np.ndarray] | np.ndarray) -> ClipOutput:
+        """T uint8 crops (a list, or one (T, size, size, 3) array) -> one clip's output."""
+        rgb = self.prep.to_tensor(crops, self.device)[None]
         out = self.model(rgb=rgb)
         out = out if isinstance(out, dict) else {"logits": out}
         logits = out["logits"][0].float().cpu()
@@ -258,19 +279,70 @@ class VideoPrediction:
                  "top_k": [{"label": c, "prob": round(p, 6)} for c, p in w.top_k]} for w in self.windows]
 
 
-def stream_windows(predictor: Predictor, video: str | Path, plan: WindowPlan, fps: float,
-                   top_k: int = 5) -> Iterator[WindowPrediction]:
-    """Decode `video` once and yield each window's prediction as soon as its last sampled frame arrives.
+_Item = TypeVar("_Item")
+_DONE = object()
 
-    Only the crops of sampled frames of windows in flight are held (at most about
-    (length / stride + 1) * T crops), whatever the video's length.
+
+def prefetch(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
+    """Run the iterator `items` in a background thread, at most `depth` items ahead of the consumer.
+
+    Its exceptions are re-raised in the consumer; when the consumer stops early (an error, a closed
+    generator) the thread stops at its next item and closes `items` (releasing e.g. an open video).
+    """
+    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _DONE))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put((False, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="egoattn-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = ready.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def window_crops(prep: Preprocessing, video: str | Path, plan: WindowPlan
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Decode `video` once; yield (window k, its absolute frame indices, its (T, size, size, 3) uint8 crops)
+    as soon as the window's last sampled frame is decoded.
+
+    Only sampled frames are cropped, each once (windows that share a frame share its crop), and only
+    the crops of windows in flight are held (about (length / stride + 1) * T crops), whatever the
+    video's length.
     """
     from egoattn.data.video import iter_frames
 
     video = Path(video)
-    prep = predictor.prep
     waiting: dict[int, list[tuple[int, int]]] = {}  # frame index -> [(window, slot)]
-    slots: dict[int, list[np.ndarray | None]] = {}  # window -> crops in sampler order
+    crops: dict[int, np.ndarray] = {}  # window -> (T, size, size, 3) uint8, filled as frames arrive
     missing: dict[int, int] = {}
     indices: dict[int, np.ndarray] = {}
     next_window, total = 0, len(plan)
@@ -278,7 +350,8 @@ def stream_windows(predictor: Predictor, video: str | Path, plan: WindowPlan, fp
         while next_window < total and plan.bounds(next_window)[0] <= i:
             start, end = plan.bounds(next_window)
             idx = start + prep.sample(end - start)
-            indices[next_window], slots[next_window] = idx, [None] * len(idx)
+            indices[next_window] = idx
+            crops[next_window] = np.empty((len(idx), prep.size, prep.size, 3), np.uint8)
             missing[next_window] = len(idx)
             for slot, j in enumerate(idx.tolist()):
                 waiting.setdefault(j, []).append((next_window, slot))
@@ -288,21 +361,30 @@ def stream_windows(predictor: Predictor, video: str | Path, plan: WindowPlan, fp
         crop = prep.crop(frame)
         del frame
         for k, slot in waiting.pop(i):
-            slots[k][slot] = crop
+            crops[k][slot] = crop
             missing[k] -= 1
             if missing[k] == 0:
-                crops = slots.pop(k)
                 del missing[k]
-                idx = indices.pop(k)
-                out = predictor(crops)  # type: ignore[arg-type]
-                start, end = plan.bounds(k)
-                yield WindowPrediction(
-                    start_frame=start, end_frame=end, start=start / fps if fps > 0 else 0.0,
-                    end=end / fps if fps > 0 else 0.0, top_k=predictor.top_k(out.probs, top_k), probs=out.probs,
-                    frame_indices=idx, attention=out.attention, temporal_weights=out.temporal_weights)
-    if slots or next_window < total:
+                yield k, indices.pop(k), crops.pop(k)
+    if crops or next_window < total:
         raise BadInputError(video, f"the video ended before frame {min(waiting) if waiting else plan.num_frames} "
-                                   f"that window {min(slots) if slots else next_window} needs")
+                                   f"that window {min(crops) if crops else next_window} needs")
+
+
+def stream_windows(predictor: Predictor, video: str | Path, plan: WindowPlan, fps: float,
+                   top_k: int = 5) -> Iterator[WindowPrediction]:
+    """Decode `video` once and yield each window's prediction as soon as its last sampled frame arrives.
+
+    Decoding and cropping (`window_crops`) run in a background thread at most `PREFETCH_WINDOWS`
+    windows ahead, overlapping the model; memory stays bounded whatever the video's length.
+    """
+    for k, idx, crops in prefetch(window_crops(predictor.prep, video, plan), PREFETCH_WINDOWS):
+        out = predictor(crops)
+        start, end = plan.bounds(k)
+        yield WindowPrediction(
+            start_frame=start, end_frame=end, start=start / fps if fps > 0 else 0.0,
+            end=end / fps if fps > 0 else 0.0, top_k=predictor.top_k(out.probs, top_k), probs=out.probs,
+            frame_indices=idx, attention=out.attention, temporal_weights=out.temporal_weights)
 
 
 # --- overlay --------------------------------------------------------------------------------------
@@ -474,6 +556,6 @@ def _echo_result(result: VideoPrediction, echo: Any) -> None:
 
 
 __all__ = ["Preprocessing", "Predictor", "ClipOutput", "WindowPlan", "window_plan", "WindowPrediction",
-           "VideoPrediction", "stream_windows", "overlay_frames", "predict_video", "predict_videos",
+           "VideoPrediction", "stream_windows", "window_crops", "prefetch", "overlay_frames", "predict_video", "predict_videos",
            "list_videos", "write_timeline", "PredictReport"]
 

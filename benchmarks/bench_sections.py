@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from egoattn.data.workers import one_thread_per_worker, worker_context
+
 from bench_util import (
     Section,
     best_time,
@@ -194,10 +196,6 @@ def inference(sz: Sizes, device: torch.device, tmp: Path) -> Section:
 # --- 3. input pipeline ------------------------------------------------------------------------------
 
 
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
 
 class PngClips(Dataset):
     """The reference loader: one PNG per frame opened with PIL, the Ego-RNN spatial transform per
@@ -307,7 +305,8 @@ def input_pipeline(sz: Sizes, device: torch.device, tmp: Path) -> tuple[Section,
     png_set = PngClips(root, dm.train_set.records, classes, d.num_frames, d.size, d.resize, mean, std)  # type: ignore[union-attr]
     png_loader = DataLoader(png_set, batch_size=d.batch_size, shuffle=True, num_workers=d.num_workers,
                             persistent_workers=d.num_workers > 0,
-                            worker_init_fn=_worker_init if d.num_workers > 0 else None)
+                            worker_init_fn=one_thread_per_worker if d.num_workers > 0 else None,
+                            multiprocessing_context=worker_context() if d.num_workers > 0 else None)
     png_rate, _ = loader_rate(png_loader, sz.loader_min_clips, sz.budget)
     del png_loader
     s.add("PNG + PIL loader (reference way)", png_rate, "clips/s")

@@ -326,9 +326,15 @@ def test_two_concurrent_prepares_do_not_corrupt_the_output(tmp_path) -> None:
     out = tmp_path / "out"
     a = start(cli("prepare", str(src), str(out), *PREPARE_ARGS, "--workers", "1"), tmp_path / "a.log")
     wait_for(lambda: (out / ".prepare.lock").exists(), a)
-    b = subprocess.run(cli("prepare", str(src), str(out), *PREPARE_ARGS, "--workers", "1"), capture_output=True,
-                       text=True, env=ENV, timeout=600)
-    first_running = a.poll() is None
+    # Paused while it holds the lock, so the second one meets a live writer however busy the machine
+    # is (on a loaded machine the second one's start-up used to outlast the whole first run).
+    os.killpg(a.pid, signal.SIGSTOP)
+    try:
+        first_running = a.poll() is None
+        b = subprocess.run(cli("prepare", str(src), str(out), *PREPARE_ARGS, "--workers", "1"), capture_output=True,
+                           text=True, env=ENV, timeout=600)
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
     a.wait(timeout=600)
     assert a.returncode == 0, a.log.read_text()[-2000:]
     assert first_running, "the first prepare ended before the second one started"

@@ -13,7 +13,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from egoattn.data.samplers import (
     UniformSampler,
 )
 from egoattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
+from egoattn.data.workers import one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 
 MODALITIES = ("rgb", "flow", "warp", "flow_pair", "motion", "mask", "keypoints", "order")
@@ -212,12 +212,6 @@ def holdout_split(records: Sequence[ClipRecord], fraction: float, seed: int) -> 
     return [r for r in records if r.clip_id not in held], [r for r in records if r.clip_id in held]
 
 
-def _worker_init(_: int) -> None:
-    # Each worker is one process on a shared machine: no nested thread pools.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 class EgoDataModule(L.LightningDataModule):
     """Prepared dataset -> train / val / test loaders for a named split.
 
@@ -306,7 +300,8 @@ class EgoDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=EpochSampler(dataset, shuffle, self.seed),
             num_workers=workers, persistent_workers=workers > 0, drop_last=False,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=one_thread_per_worker if workers > 0 else None,
+            multiprocessing_context=worker_context() if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

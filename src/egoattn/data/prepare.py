@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import io
 import json
-import multiprocessing
 import os
 import socket
 import time
@@ -46,6 +45,7 @@ import numpy as np
 from egoattn.data.clipstore import ClipWriter
 from egoattn.data.manifest import ClipRecord, read_classes, read_manifest, split_label, write_classes, write_manifest
 from egoattn.data.sources import SOURCE_FORMATS, SourceClip, list_source
+from egoattn.data.workers import one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.fileio import read_json, write_json, write_text_atomic
 
@@ -380,10 +380,6 @@ def _write_skipped(path: Path, bad: list[tuple[str, str]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def _worker_init() -> None:
-    cv2.setNumThreads(1)  # one clip per process; avoid oversubscribing the cores
-
-
 def _work(task: tuple[SourceClip, str, PrepareOptions]) -> tuple[str, Any, Any]:
     clip, out, options = task
     try:
@@ -445,7 +441,7 @@ def prepare_dataset(source: str | Path, out: str | Path, options: PrepareOptions
                 pool = None
             else:
                 # forkserver, not fork: a forked OpenCV thread pool can deadlock in the child
-                pool = multiprocessing.get_context("forkserver").Pool(workers, initializer=_worker_init)
+                pool = worker_context().Pool(workers, initializer=one_thread_per_worker)
                 results = pool.imap_unordered(_work, tasks)
             try:
                 for status, value, problem in results:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ import numpy as np
 
 from egoattn.data.manifest import ClipRecord, split_label, write_classes, write_manifest
 from egoattn.data.video import write_video
+from egoattn.data.workers import one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.fileio import atomic_path, read_json, write_json
 
@@ -775,12 +775,8 @@ def _make_clip(args: tuple) -> str:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{key: clip[key] for key in GT_KEYS})
         os.chmod(tmp, 0o644)
-    write_video(video, clip["frames"], p.fps, crf=p.crf, x264_preset="veryfast")
+    write_video(video, clip["frames"], p.fps, crf=p.crf, x264_preset="veryfast", deterministic=True)
     return clip_id
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
 
 
 def generate_synthetic(out: Path, preset: str = "default", seed: int = 0, workers: int = 0) -> Path:
@@ -815,13 +811,12 @@ def generate_synthetic(out: Path, preset: str = "default", seed: int = 0, worker
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("clips", total=len(jobs), completed=len(jobs) - len(pending))
         if workers <= 1 or len(pending) <= 1:
-            _init_worker()
+            one_thread_per_worker()
             for job in pending:
                 _make_clip(job)
                 progress.advance(task)
         else:
-            ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-            with ctx.Pool(min(workers, len(pending)), initializer=_init_worker) as pool:
+            with worker_context().Pool(min(workers, len(pending)), initializer=one_thread_per_worker) as pool:
                 for _ in pool.imap_unordered(_make_clip, pending, chunksize=1):
                     progress.advance(task)
 

@@ -184,12 +184,15 @@ def read_frames(path: str | Path, indices: Sequence[int] | None = None) -> np.nd
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf: int = 18,
-                lossless: bool = False, x264_preset: str = "medium") -> None:
+                lossless: bool = False, x264_preset: str = "medium", deterministic: bool = False) -> None:
     """Write RGB uint8 frames as an H.264 MP4, atomically.
 
     Lossy: libx264 yuv420p (width and height must be even). Lossless: libx264rgb with qp 0 (RGB
-    planes, decodes back bit-exact). threads=1 makes the bytes deterministic. `x264_preset` trades
-    encoding speed for file size (veryfast is about 3x faster than medium at the same crf).
+    planes, decodes back bit-exact). `x264_preset` trades encoding speed for file size (veryfast is
+    about 3x faster than medium at the same crf). Even with threads=1, x264's rate-control lookahead
+    gave different bytes for the same frames when the machine was busy (3-7 distinct files in 12
+    encodes, two processes at once); `deterministic=True` turns the lookahead off (rc-lookahead=0,
+    slightly larger files) so that the same frames always give the same file.
     """
     path = Path(path)
     if fps <= 0:
@@ -199,6 +202,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf:
         codec, pix_fmt, options = "libx264rgb", "rgb24", {"qp": "0", "preset": x264_preset, "threads": "1"}
     else:
         codec, pix_fmt, options = "libx264", "yuv420p", {"crf": str(crf), "preset": x264_preset, "threads": "1"}
+    if deterministic:
+        options["x264-params"] = "rc-lookahead=0"
     with atomic_path(path) as tmp:
         n = 0
         with av.open(str(tmp), mode="w", format="mp4") as container:

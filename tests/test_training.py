@@ -233,6 +233,37 @@ def test_cached_step_equals_uncached_step(data) -> None:
         check_cacheable(ActionRecognitionTask(stage2, CLASSES), ["rgb"])
 
 
+def test_cache_of_the_trunk_when_the_last_stage_trains(data) -> None:
+    """The demo recipe (train_last_stage): the cache holds the trunk, and the last stage trains from it
+    with the loss and gradient of the uncached step."""
+    recipe = apply_overrides(load_recipe("cpu_egornn_cam"), TINY)
+    task = ActionRecognitionTask(recipe, CLASSES)
+    dm = make_datamodule(recipe, data, task.model)
+    cached = cache_features(task, dm, torch.device("cpu"))
+    cached_batch = next(iter(cached.val_dataloader()))
+    assert set(cached_batch["frame_features"]) == {"trunk"}  # blocks 0-4: 112 channels at stride 16
+    assert cached_batch["frame_features"]["trunk"].shape[2:] == (112, 3, 3)  # 48 px / 16
+    batch = next(iter(dm.val_dataloader()))
+    task.train()
+    losses = []
+    for b in (batch, cached_batch):
+        task.zero_grad()
+        loss = task.total_loss(task.compute_losses(b)[0])
+        loss.backward()
+        losses.append((loss.item(), task.model.backbone.blocks[5][0].conv_pw.weight.grad.clone()))
+    assert abs(losses[0][0] - losses[1][0]) < 1e-5
+    torch.testing.assert_close(losses[0][1], losses[1][1], rtol=1e-4, atol=1e-6)
+    assert losses[1][1].abs().sum() > 0  # the last stage learns from the cached trunk
+    # the same parameter groups without the option: the cache would freeze the last stage
+    without = apply_overrides(recipe, ["model.options.train_last_stage=false"])
+    with pytest.raises(ConfigError, match="train_last_stage=true caches only the frozen trunk"):
+        check_cacheable(ActionRecognitionTask(without, CLASSES), ["rgb"])
+    # the trunk itself must stay frozen
+    early = apply_overrides(recipe, ["params.groups=[{match: ['convlstm.*', 'backbone.blocks.4.*']}]"])
+    with pytest.raises(ConfigError, match="backbone.blocks.4"):
+        check_cacheable(ActionRecognitionTask(early, CLASSES), ["rgb"])
+
+
 def test_cached_run(data, tmp_path) -> None:
     out = train("cpu_egornn", data=data, out=tmp_path / "cached", overrides=[*TINY, "train.epochs=2"],
                 cache_features=True)

@@ -90,6 +90,9 @@ class Backbone(nn.Module):
 
     spec: BackboneSpec
     first_conv: str  # state-dict prefix of the first convolution
+    #: Module names of the last stage (ResNet layer4, ...): what Ego-RNN's stage 2 fine-tunes. The
+    #: trunk before it can stay frozen and cached while the last stage trains.
+    last_stage: tuple[str, ...]
     fc: nn.Linear
 
     def __init__(self, spec: BackboneSpec, in_channels: int) -> None:
@@ -118,11 +121,27 @@ class Backbone(nn.Module):
         """The first convolution only (before its BatchNorm)."""
         return self.get_submodule(self.first_conv)(x)
 
-    def forward_from_stem(self, y: Tensor) -> dict[str, Tensor]:
+    def trunk_from_stem(self, y: Tensor) -> Tensor:
+        """The first convolution's output -> the input of the last stage."""
         raise NotImplementedError
+
+    def forward_last_stage(self, x: Tensor) -> dict[str, Tensor]:
+        """The last stage's input -> ``f_bn``, ``f_pre`` and the ImageNet ``logits``."""
+        raise NotImplementedError
+
+    def forward_from_stem(self, y: Tensor) -> dict[str, Tensor]:
+        return self.forward_last_stage(self.trunk_from_stem(y))
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """Frames -> the input of the last stage (the part that stays frozen when the last stage trains)."""
+        return self.trunk_from_stem(self.stem(x))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_from_stem(self.stem(x))
+
+    def in_last_stage(self, name: str) -> bool:
+        """Whether a parameter or module name (relative to the backbone) belongs to the last stage."""
+        return any(name == m or name.startswith(m + ".") for m in self.last_stage)
 
     def imagenet_logits(self, f_bn: Tensor) -> Tensor:
         """The ImageNet fc on the global-average-pooled features (what CAM explains)."""
@@ -144,6 +163,7 @@ class ResNetBackbone(Backbone):
     """torchvision ResNet with its submodule names (conv1, bn1, layer1..layer4, fc)."""
 
     first_conv = "conv1"
+    last_stage = ("layer4",)
 
     def __init__(self, spec: BackboneSpec, in_channels: int = 3) -> None:
         super().__init__(spec, in_channels)
@@ -157,9 +177,11 @@ class ResNetBackbone(Backbone):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.fc = net.fc
 
-    def forward_from_stem(self, y: Tensor) -> dict[str, Tensor]:
+    def trunk_from_stem(self, y: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(y)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward_last_stage(self, x: Tensor) -> dict[str, Tensor]:
         for block in self.layer4[:-1]:
             x = block(x)
         f_pre, f_bn = last_block_taps(self.layer4[-1], x)
@@ -191,6 +213,7 @@ class VGGBackbone(Backbone):
     """
 
     first_conv = "features.0"
+    last_stage = tuple(f"features.{i}" for i in range(24, 31))  # conv5_1 .. pool5
 
     def __init__(self, spec: BackboneSpec, in_channels: int = 3) -> None:
         super().__init__(spec, in_channels)
@@ -207,8 +230,11 @@ class VGGBackbone(Backbone):
                 nn.init.zeros_(m.bias)
         self.fc = nn.Linear(512, 1000)
 
-    def forward_from_stem(self, y: Tensor) -> dict[str, Tensor]:
-        f = self.features[1:](y)
+    def trunk_from_stem(self, y: Tensor) -> Tensor:
+        return self.features[1:24](y)
+
+    def forward_last_stage(self, x: Tensor) -> dict[str, Tensor]:
+        f = self.features[24:](x)
         return {"f_bn": f, "f_pre": f, "logits": self.imagenet_logits(f)}
 
 
@@ -216,6 +242,7 @@ class EfficientNetBackbone(Backbone):
     """timm ``tf_efficientnet_lite0`` (TF 'same' padding) with its classifier renamed ``fc``."""
 
     first_conv = "conv_stem"
+    last_stage = ("blocks.5", "blocks.6", "conv_head", "bn2")  # the stride-32 stages and the 1x1 head
 
     def __init__(self, spec: BackboneSpec, in_channels: int = 3) -> None:
         super().__init__(spec, in_channels)
@@ -227,8 +254,11 @@ class EfficientNetBackbone(Backbone):
         self.bn2 = net.bn2
         self.fc = net.classifier
 
-    def forward_from_stem(self, y: Tensor) -> dict[str, Tensor]:
-        f = self.bn2(self.conv_head(self.blocks(self.bn1(y))))
+    def trunk_from_stem(self, y: Tensor) -> Tensor:
+        return self.blocks[:5](self.bn1(y))
+
+    def forward_last_stage(self, x: Tensor) -> dict[str, Tensor]:
+        f = self.bn2(self.conv_head(self.blocks[5:](x)))
         return {"f_bn": f, "f_pre": f, "logits": self.imagenet_logits(f)}
 
 

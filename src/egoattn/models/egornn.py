@@ -12,6 +12,9 @@ Options beyond the paper:
 - ``input_proj`` (int or None): a 1x1 convolution reducing the backbone channels before the ConvLSTM.
   Default None is the faithful model; a small value (e.g. 64) makes CPU runs affordable, especially with
   EfficientNet-Lite0 (1280 channels) or ResNet-50 (2048).
+- ``train_last_stage``: the backbone's last stage trains (stage 2 fine-tunes layer4). ``encode_frames``
+  then stops before it and returns ``trunk`` (the frozen part, cacheable); ``forward_features`` runs the
+  last stage on it at every step.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class RecurrentAttentionModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, attention: bool = True, hidden: int = 512,
                  dropout: float = 0.7, ms_head: Literal["cls", "reg"] | None = None,
                  ms_input: Literal["features", "attended"] = "features", ms_sigmoid: bool = False,
-                 order_head: bool = False, input_proj: int | None = None, input_size: int = 224) -> None:
+                 order_head: bool = False, input_proj: int | None = None, input_size: int = 224,
+                 train_last_stage: bool = False) -> None:
         super().__init__()
         if ms_input not in ("features", "attended"):
             raise ConfigError(f"ms_input must be 'features' or 'attended', got {ms_input!r}")
@@ -52,6 +56,7 @@ class RecurrentAttentionModel(nn.Module):
             raise ConfigError(f"ms_head must be None, 'cls' or 'reg', got {ms_head!r}")
         self.backbone = backbone
         self.use_attention = attention
+        self.train_last_stage = train_last_stage
         self.ms_input = ms_input
         channels = backbone.out_channels
         self.input_proj = nn.Conv2d(channels, input_proj, kernel_size=1) if input_proj else None
@@ -63,9 +68,15 @@ class RecurrentAttentionModel(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, frame_features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """(B, T, ...) backbone outputs -> ``features`` (B, hidden) pooled c_T, ``attention``, ``ms_logits``."""
+        """(B, T, ...) backbone outputs (or the ``trunk`` before its last stage) -> ``features`` (B, hidden)
+        pooled c_T, ``attention``, ``ms_logits``."""
+        if "trunk" in frame_features:
+            trunk = frame_features["trunk"]
+            batch = trunk.shape[0]
+            frame_features = {k: split_time(v, batch) for k, v in
+                              self.backbone.forward_last_stage(trunk.flatten(0, 1)).items()}
         f_bn = frame_features["f_bn"]
-        batch, steps = f_bn.shape[:2]
+        batch = f_bn.shape[0]
         f_bn = f_bn.flatten(0, 1)
         out: dict[str, Tensor] = {}
         if self.use_attention:
@@ -112,8 +123,11 @@ class EgoRNN(RecurrentAttentionModel):
         return ("rgb", "order_rgb") if self.order_head is not None else ("rgb",)
 
     def encode_frames(self, rgb: Tensor) -> dict[str, Tensor]:
-        """The frozen part: backbone on all B*T frames at once -> f_bn, f_pre, logits as (B, T, ...)."""
+        """The frozen part, on all B*T frames at once: the backbone -> f_bn, f_pre, logits as (B, T, ...);
+        with ``train_last_stage``, the trunk before the last stage -> ``trunk`` (B, T, C, h, w)."""
         check_frames(rgb, "rgb", self.backbone.in_channels)
+        if self.train_last_stage:
+            return {"trunk": split_time(self.backbone.forward_trunk(rgb.flatten(0, 1)), rgb.shape[0])}
         out = self.backbone(rgb.flatten(0, 1))
         return {k: split_time(v, rgb.shape[0]) for k, v in out.items()}
 
@@ -130,7 +144,7 @@ def egornn(num_classes: int, backbone: str = "resnet34", weights: str | Path | N
            attention: bool = True, hidden: int = 512, dropout: float = 0.7,
            ms_head: Literal["cls", "reg"] | None = None, ms_input: Literal["features", "attended"] = "features",
            ms_sigmoid: bool = False, order_head: bool = False, input_proj: int | None = None,
-           input_size: int = 224) -> EgoRNN:
+           input_size: int = 224, train_last_stage: bool = False) -> EgoRNN:
     """Ego-RNN ("ConvLSTM-attention"; ``attention=False`` is the "ConvLSTM" ablation).
 
     ``input_size`` is the frame size, needed only to size the motion-segmentation head's Linear.
@@ -139,4 +153,4 @@ def egornn(num_classes: int, backbone: str = "resnet34", weights: str | Path | N
     net = build_backbone(backbone, weights)
     return EgoRNN(net, num_classes, attention=attention, hidden=hidden, dropout=dropout, ms_head=ms_head,
                   ms_input=ms_input, ms_sigmoid=ms_sigmoid, order_head=order_head, input_proj=input_proj,
-                  input_size=input_size)
+                  input_size=input_size, train_last_stage=train_last_stage)

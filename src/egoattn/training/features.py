@@ -4,6 +4,8 @@ When no backbone parameter trains and the backbone stays in eval mode (Ego-RNN s
 average baseline), the backbone's per-frame output is a fixed function of the frames. Running it
 once per clip and training the ConvLSTM / classifier from the cache gives the same loss as running
 it at every step, at a fraction of the cost - on a CPU the backbone is almost all of a step.
+When only the backbone's last stage trains (Ego-RNN stage 2, model option `train_last_stage`), the
+cache holds the frozen trunk's output and the last stage runs at every step.
 
 Trade-off: the cache holds ONE view per clip, made with the deterministic test transform (resize,
 centre crop, no flip). Random crops and flips are therefore NOT applied to cached training clips;
@@ -38,12 +40,16 @@ def check_cacheable(task: ActionRecognitionTask, modalities: list[str] | tuple[s
         raise ConfigError("--cache-features: the backbone is not in params.eval_modules, so its BatchNorm "
                           "statistics and dropout would change during training")
     # The ImageNet fc may train (Ego-RNN stage 2's CAM): attention is computed from the *current* fc
-    # on the cached f_bn, so only the convolutional trunk has to be frozen.
+    # on the cached f_bn. With `train_last_stage` the cache holds the trunk before the last stage, which
+    # then runs (and may train) at every step; everything before it has to be frozen.
+    last_stage_runs = bool(getattr(model, "train_last_stage", False))
     trainable = [n for n, p in model.named_parameters()
-                 if p.requires_grad and n.startswith("backbone.") and not n.startswith("backbone.fc.")]
+                 if p.requires_grad and n.startswith("backbone.") and not n.startswith("backbone.fc.")
+                 and not (last_stage_runs and backbone.in_last_stage(n[len("backbone."):]))]
     if trainable:
+        hint = "" if last_stage_runs else " (model option train_last_stage=true caches only the frozen trunk)"
         raise ConfigError(f"--cache-features needs a frozen backbone, but these backbone parameters train: "
-                          f"{trainable[:4]}{' ...' if len(trainable) > 4 else ''}")
+                          f"{trainable[:4]}{' ...' if len(trainable) > 4 else ''}{hint}")
 
 
 @torch.no_grad()

@@ -175,3 +175,24 @@ def test_unknown_backbone():
     with pytest.raises(ConfigError, match="resnet34"):
         build_backbone("resnet101")
     assert list_backbones() == sorted(["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_lite0"])
+
+
+@pytest.mark.parametrize("name, last_stage, trunk_channels", [
+    ("resnet18", ("layer4",), 256),
+    ("vgg16", tuple(f"features.{i}" for i in range(24, 31)), 512),
+    ("efficientnet_lite0", ("blocks.5", "blocks.6", "conv_head", "bn2"), 112),
+])
+def test_trunk_then_last_stage_is_the_whole_backbone(name, last_stage, trunk_channels):
+    """What stage 2 fine-tunes (the last stage) is split off exactly: trunk + last stage = forward."""
+    net = build_backbone(name, "none").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = net(x)
+        trunk = net.forward_trunk(x)
+        split = net.forward_last_stage(trunk)
+    assert trunk.shape[1] == trunk_channels and trunk.shape[-1] == 64 // (net.feature_stride // 2)
+    for key in ("f_bn", "f_pre", "logits"):
+        torch.testing.assert_close(split[key], whole[key])
+    in_last = {n.split(".weight")[0].split(".bias")[0] for n, _ in net.named_parameters() if net.in_last_stage(n)}
+    assert in_last and all(n.startswith(last_stage) for n in in_last)
+    assert not net.in_last_stage("fc.weight") and not net.in_last_stage(net.first_conv + ".weight")

@@ -72,8 +72,7 @@ class RecurrentAttentionModel(nn.Module):
         pooled c_T, ``attention``, ``ms_logits``."""
         if "trunk" in frame_features:
             trunk = frame_features["trunk"]
-            batch = trunk.shape[0]
-            frame_features = {k: split_time(v, batch) for k, v in
+            frame_features = {k: split_time(v, trunk.shape[0]) for k, v in
                               self.backbone.forward_last_stage(trunk.flatten(0, 1)).items()}
         f_bn = frame_features["f_bn"]
         batch = f_bn.shape[0]

@@ -445,7 +445,7 @@ def stage1(sz: Sizes, device: torch.device, peak: dict[str, float]) -> tuple[Sec
     # Cached step: batch from the cache's DataLoader (what CachedFeatureDataModule serves) + the step.
     items = [{"frame_features": {k: v[i].cpu() for k, v in feats.items()}, "label": int(label[i]), "clip_id": str(i)}
              for i in range(B)]
-    cache_loader = DataLoader(CachedClips(items), batch_size=B, shuffle=False)
+    cache_loader = DataLoader(CachedClips([items]), batch_size=B, shuffle=False)
     opt = restore()
     cached_losses: list[float] = []
 

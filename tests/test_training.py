@@ -264,6 +264,35 @@ def test_cache_of_the_trunk_when_the_last_stage_trains(data) -> None:
         check_cacheable(ActionRecognitionTask(early, CLASSES), ["rgb"])
 
 
+def test_cached_views_are_the_training_pipelines_draws(data) -> None:
+    """train.cache_views: view 0 is the test transform, view v what an uncached run loads at epoch v,
+    and each epoch reads one view per clip, reproducibly."""
+    recipe = apply_overrides(load_recipe("cpu_egornn"), TINY)
+    task = ActionRecognitionTask(recipe, CLASSES)
+    dm = make_datamodule(recipe, data, task.model)
+    cached = cache_features(task, dm, torch.device("cpu"), views=3)
+    views = cached.train_set.views
+    assert [len(v) for v in views] == [18, 18, 18]
+    assert [item["clip_id"] for item in views[2]] == [item["clip_id"] for item in views[0]]
+    features = lambda item: next(iter(item["frame_features"].values()))  # noqa: E731
+    differ = [not torch.allclose(features(a), features(b)) for a, b in zip(views[0], views[1])]
+    assert sum(differ) >= 12, differ  # random scale, corner and flip: most clips look different
+    dm.train_set.set_epoch(2)
+    clip = dm.train_set[5]
+    with torch.no_grad():
+        expected = next(iter(task.model.encode_frames(clip["rgb"][None]).values()))[0]
+    torch.testing.assert_close(features(views[2][5]), expected, rtol=1e-4, atol=1e-4)  # batch of 6 vs 1
+
+    def drawn(epoch: int) -> list[int]:
+        cached.set_epoch(epoch)
+        return [next(v for v in range(3) if cached.train_set[i] is views[v][i]) for i in range(18)]
+
+    assert drawn(1) == drawn(1)
+    assert drawn(1) != drawn(2)
+    assert {v for epoch in range(4) for v in drawn(epoch)} == {0, 1, 2}
+    assert len(cached.val_set) == 6 and len(cached.val_set.views) == 1
+
+
 def test_cached_run(data, tmp_path) -> None:
     out = train("cpu_egornn", data=data, out=tmp_path / "cached", overrides=[*TINY, "train.epochs=2"],
                 cache_features=True)

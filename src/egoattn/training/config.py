@@ -78,6 +78,10 @@ class TrainSection(_Section):
     gradient_clip: Optional[float] = Field(None, gt=0.0)
     devices: Optional[int] = Field(None, ge=1)  # None: one device
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    # With --cache-features: views cached per training clip. View 0 is the test transform; views 1.. are
+    # drawn with the training sampler and transform (random crop, scale, flip), and every epoch reads one
+    # view per clip at random, so a cached run still sees augmented clips.
+    cache_views: int = Field(1, ge=1)
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -7,22 +7,26 @@ it at every step, at a fraction of the cost - on a CPU the backbone is almost al
 When only the backbone's last stage trains (Ego-RNN stage 2, model option `train_last_stage`), the
 cache holds the frozen trunk's output and the last stage runs at every step.
 
-Trade-off: the cache holds ONE view per clip, made with the deterministic test transform (resize,
-centre crop, no flip). Random crops and flips are therefore NOT applied to cached training clips;
-a cached run trains on fixed views (more over-fitting on small data, much faster epochs).
-The cache lives in RAM (float32, so a cached step equals an uncached one to float precision).
+Augmentation: by default the cache holds ONE view per training clip, made with the deterministic
+test transform (resize, centre crop, no flip), so a cached run trains on fixed views (more
+over-fitting on small data). With `train.cache_views = V > 1` it also holds V - 1 views drawn with
+the training sampler and transform (random scale, corner crop, flip), and each epoch reads one of
+the V views per clip at random: the augmentation of an uncached run, limited to V draws, for V times
+the caching cost and memory. The cache lives in RAM (float32, so a cached step equals an uncached
+one to float precision).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
-from egoattn.data.dataset import ClipDataset, EgoDataModule
+from egoattn.data.dataset import ClipDataset, EgoDataModule, EpochSampler
 from egoattn.errors import ConfigError
 from egoattn.training.task import ActionRecognitionTask
 
@@ -78,41 +82,65 @@ def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size
 
 
 class CachedClips(Dataset):
-    def __init__(self, items: list[dict[str, Any]]) -> None:
-        self.items = items
+    """Cached clips, `views[v][i]` = view v of clip i; item i of an epoch is one of its views.
+
+    The view is drawn from (seed, epoch, index), as ClipDataset draws its crops, so an epoch is the
+    same whatever the loader order; `set_epoch` is called by EpochSampler.
+    """
+
+    def __init__(self, views: Sequence[list[dict[str, Any]]], seed: int = 0) -> None:
+        if not views or any(len(v) != len(views[0]) for v in views):
+            raise ValueError(f"every cached view needs the same clips, got sizes {[len(v) for v in views]}")
+        self.views, self.seed, self.epoch = list(views), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.views[0])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.items[index]
+        if len(self.views) == 1:
+            return self.views[0][index]
+        view = np.random.default_rng([self.seed, self.epoch, int(index)]).integers(len(self.views))
+        return self.views[view][index]
 
 
 class CachedFeatureDataModule(L.LightningDataModule):
     """Train / val loaders over cached frame features (same splits as the wrapped EgoDataModule)."""
 
-    def __init__(self, train_items: list[dict[str, Any]], val_items: list[dict[str, Any]], batch_size: int,
-                 seed: int, classes: list[str]) -> None:
+    def __init__(self, train_views: Sequence[list[dict[str, Any]]], val_items: list[dict[str, Any]],
+                 batch_size: int, seed: int, classes: list[str]) -> None:
         super().__init__()
-        self.train_set, self.val_set = CachedClips(train_items), CachedClips(val_items)
+        self.train_set, self.val_set = CachedClips(train_views, seed), CachedClips([val_items])
         self.batch_size, self.seed, self.classes = batch_size, seed, classes
 
+    def set_epoch(self, epoch: int) -> None:
+        self.train_set.set_epoch(epoch)
+
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator)
+        return DataLoader(self.train_set, batch_size=self.batch_size,
+                          sampler=EpochSampler(self.train_set, shuffle=True, seed=self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
 
 
-def cache_features(task: ActionRecognitionTask, dm: EgoDataModule, device: torch.device) -> CachedFeatureDataModule:
-    """Encode the datamodule's train and val clips once with the test transform."""
+def cache_features(task: ActionRecognitionTask, dm: EgoDataModule, device: torch.device,
+                   views: int = 1) -> CachedFeatureDataModule:
+    """Encode the datamodule's val clips once and its train clips `views` times (see the module doc)."""
     check_cacheable(task, dm.modalities)
     dm.setup("fit")
     assert dm.train_set is not None and dm.val_set is not None
-    # The training clips through the validation set's deterministic pipeline (same sampler, no rng).
+    # View 0: the training clips through the validation set's deterministic pipeline (same sampler, no rng).
     train_fixed = ClipDataset(dm.root, dm.train_set.records, dm.classes, dm.modalities, dm.val_set.sampler,
                               dm.val_set.transform, seed=dm.seed, train=False)
-    train_items = encode_dataset(task, train_fixed, dm.batch_size, device, "caching train features")
+    train_views = [encode_dataset(task, train_fixed, dm.batch_size, device, "caching train features")]
+    for view in range(1, views):
+        # Views 1..: the training pipeline at "epoch" view, i.e. the draws an uncached run makes then.
+        dm.train_set.set_epoch(view)
+        train_views.append(encode_dataset(task, dm.train_set, dm.batch_size, device,
+                                          f"caching augmented train view {view}/{views - 1}"))
+    dm.train_set.set_epoch(0)
     val_items = encode_dataset(task, dm.val_set, dm.batch_size, device, "caching val features")
-    return CachedFeatureDataModule(train_items, val_items, dm.batch_size, dm.seed, dm.classes)
+    return CachedFeatureDataModule(train_views, val_items, dm.batch_size, dm.seed, dm.classes)

@@ -420,7 +420,7 @@ def _fit(recipe: Recipe, data: Path, out: Path, classes: list[str], resume_from:
     if cache_features:
         from egoattn.training.features import cache_features as build_cache
 
-        dm = build_cache(task, dm, trainer.strategy.root_device)  # type: ignore[arg-type]
+        dm = build_cache(task, dm, trainer.strategy.root_device, recipe.train.cache_views)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         # eval_modules (a frozen backbone) are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -271,3 +271,43 @@ def test_lightning_sets_the_epoch_each_epoch(root: Path) -> None:
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(Tiny(), datamodule=dm)
     assert [(e, d) for e, d, _ in seen] == [(0, 0), (1, 1), (2, 2)]  # dataset epoch follows the trainer's
     assert len({ids for _, _, ids in seen}) == 3  # and each epoch has its own (seeded) order
+
+
+def _training_flow_starts(recipe_overrides: list[str], root: Path, epochs: int = 6) -> list[tuple[int, int]]:
+    """(start of the training warp stack, start of the test stack) per training clip and epoch, decoded
+    from the stored values (warp y of flow i is 5i + 3; y is not touched by the flip)."""
+    from egoattn.training.config import apply_overrides, load_recipe
+    from egoattn.training.run import make_datamodule
+
+    small = ["data.size=16", "data.resize=20", "data.num_frames=4", "data.num_workers=0"]
+    recipe = apply_overrides(load_recipe("cpu_flow"), [*small, *recipe_overrides])
+    dm = make_datamodule(recipe, root, torch.nn.Identity())
+    dm.setup()
+    ds = dm.train_set
+    out = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        for i, rec in enumerate(ds.records):
+            y = raw_u8(ds[i]["warp"][0, 1, 0, 0])
+            out.append((int((y - 3) // 5), (rec.num_frames - 1 - recipe.data.flow_stack) // 2))
+    return out
+
+
+def test_cpu_flow_trains_on_stacks_from_the_test_stack_phase(root: Path) -> None:
+    # The CPU flow recipe stayed at chance on the synthetic data while its training stacks came from
+    # anywhere in the clip (phases whose motion means the other class) and its test stack from the
+    # centre. Its training stacks must start within flow_train_jitter flows of the test stack.
+    jitter = 2
+    pairs = _training_flow_starts([], root)
+    offsets = [start - centre for start, centre in pairs]
+    assert max(abs(o) for o in offsets) <= jitter and len(set(offsets)) == 2 * jitter + 1
+    # The references' uniform start (still the default) does leave that phase, on these 12-14 frame clips.
+    random = _training_flow_starts(["data.flow_train_start=random"], root)
+    assert max(abs(s - c) for s, c in random) >= jitter + 2
+
+
+def test_flow_train_start_is_validated(root: Path) -> None:
+    with pytest.raises(ConfigError, match="flow_train_start"):
+        EgoDataModule(root, modalities=("warp",), flow_train_start="middle")
+    with pytest.raises(ConfigError, match="flow_train_jitter"):
+        EgoDataModule(root, modalities=("warp",), flow_train_jitter=-1)

@@ -144,3 +144,17 @@ def test_order_tuple_sampler() -> None:
     assert label == 0 and idx.tolist() == sorted(idx.tolist()) and idx.tolist() == [0, 7, 14, 21]
     with pytest.raises(ShortClipError, match="3 frames"):
         s(3, rng)
+
+
+def test_flow_stack_centre_with_jitter_stays_in_the_test_phase() -> None:
+    n = 50  # 49 flows, starts 0..44, centre 22
+    rng = np.random.default_rng(0)
+    s = FlowStackSampler(5, "centre", jitter=2)
+    seen = [int(s(n, rng)[0]) for _ in range(300)]
+    assert set(seen) == {20, 21, 22, 23, 24}  # every start within +-2 of the centre, each one drawn
+    assert s(n, None).tolist() == [22]  # without an rng: exactly the test-time stack
+    assert FlowStackSampler(5, "centre")(n, rng).tolist() == [22]  # jitter 0: always the centre
+    near_end = FlowStackSampler(5, "centre", jitter=3)
+    assert {int(near_end(8, rng)[0]) for _ in range(100)} == {0, 1, 2}  # 7 flows: clamped to 0..2
+    with pytest.raises(ValueError, match="jitter"):
+        FlowStackSampler(5, "centre", jitter=-1)

@@ -220,7 +220,9 @@ class EgoDataModule(L.LightningDataModule):
     by `seed`; `val="test"` validates on the test split as the reference code does, which selects
     checkpoints on the test set and so reports optimistic accuracies.
     Flow at test time: `flow_test_stacks=1` is the centred stack; k > 1 gives k evenly spaced stacks
-    (the references average the logits over 5).
+    (the references average the logits over 5). Flow in training: `flow_train_start="random"` (the
+    references) draws the stack's start uniformly over the clip; `"centre"` takes the test-time centred
+    stack, shifted by up to `flow_train_jitter` flows (see FlowStackSampler).
     """
 
     def __init__(
@@ -239,6 +241,8 @@ class EgoDataModule(L.LightningDataModule):
         val: str = "holdout",
         val_fraction: float = 0.15,
         flow_test_stacks: int = 1,
+        flow_train_start: str = "random",
+        flow_train_jitter: int = 0,
         short_clip: str = "error",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
@@ -250,11 +254,16 @@ class EgoDataModule(L.LightningDataModule):
             raise ConfigError(f"val must be 'holdout' or 'test', got {val!r}")
         if short_clip not in ("error", "repeat"):
             raise ConfigError(f"short_clip must be 'error' or 'repeat', got {short_clip!r}")
+        if flow_train_start not in ("random", "centre"):
+            raise ConfigError(f"flow_train_start must be 'random' or 'centre', got {flow_train_start!r}")
+        if int(flow_train_jitter) < 0:
+            raise ConfigError(f"flow_train_jitter must be >= 0, got {flow_train_jitter}")
         self.root = Path(root)
         self.split, self.modalities, self.num_frames = split, tuple(modalities), int(num_frames)
         self.sampler_name, self.size, self.resize, self.flow_stack = sampler, int(size), int(resize), int(flow_stack)
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
         self.val, self.val_fraction, self.flow_test_stacks = val, float(val_fraction), int(flow_test_stacks)
+        self.flow_train_start, self.flow_train_jitter = flow_train_start, int(flow_train_jitter)
         self.short_clip = short_clip
         self.mean, self.std = tuple(mean), tuple(std)  # the backbone's input normalisation
         self.classes: list[str] = read_classes(self.root / "classes.txt")
@@ -284,8 +293,11 @@ class EgoDataModule(L.LightningDataModule):
         val = test
         if self.val == "holdout":
             train, val = holdout_split(train, self.val_fraction, self.seed)
-        flow = lambda mode, k=1: FlowStackSampler(self.flow_stack, mode, k, self.short_clip)  # noqa: E731
-        self.train_set = self._dataset(train, True, flow("random"))
+
+        def flow(mode: Any, k: int = 1, jitter: int = 0) -> FlowStackSampler:
+            return FlowStackSampler(self.flow_stack, mode, k, self.short_clip, jitter)  # type: ignore[arg-type]
+
+        self.train_set = self._dataset(train, True, flow(self.flow_train_start, jitter=self.flow_train_jitter))
         self.val_set = self._dataset(val, False, flow("centre"))
         self.test_set = self._dataset(
             test, False, flow("centre") if self.flow_test_stacks == 1 else flow("even", self.flow_test_stacks))

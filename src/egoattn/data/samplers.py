@@ -107,8 +107,12 @@ class FlowStackSampler:
 
     Modes (Ego-RNN's flow stream): `random` draws `num_stacks` starts uniformly from 0..F-L
     (training; with rng=None it behaves as `centre` for one stack and `even` for several);
-    `centre` is the single centred start (F - L) // 2 (validation); `even` is `num_stacks` starts
-    evenly spaced over 0..F-L, rounded (the test-time logit averaging over 5 stacks).
+    `centre` is the single centred start (F - L) // 2 (validation); with an rng and `jitter` > 0 the
+    start is drawn uniformly from centre +- jitter (clamped to 0..F-L): a training stack from the same
+    phase of the clip as the test stack, for short clips whose phases differ in meaning (on the
+    synthetic take/put, the hand moves the same way near the start of one and the end of the other);
+    `even` is `num_stacks` starts evenly spaced over 0..F-L, rounded (the test-time logit averaging
+    over 5 stacks).
     `short_clip="repeat"`: a clip with fewer than `stack` flows gets start 0 and `indices()` repeats
     its last flow.
     """
@@ -117,9 +121,12 @@ class FlowStackSampler:
     mode: Literal["random", "centre", "even"] = "random"
     num_stacks: int = 1
     short_clip: ShortClipPolicy = "error"
+    jitter: int = 0  # mode "centre" with an rng: start drawn from centre +- jitter
 
     def __post_init__(self) -> None:
         _check_positive("stack", self.stack)
+        if int(self.jitter) < 0:
+            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
         _check_positive("num_stacks", self.num_stacks)
         _check_policy(self.short_clip)
         if self.mode not in ("random", "centre", "even"):
@@ -143,7 +150,10 @@ class FlowStackSampler:
             assert rng is not None
             return rng.integers(0, last + 1, size=self.num_stacks).astype(np.int64)
         if mode == "centre":
-            return np.array([last // 2], dtype=np.int64)
+            start = last // 2
+            if rng is not None and self.jitter > 0:
+                start = int(np.clip(start + rng.integers(-self.jitter, self.jitter + 1), 0, last))
+            return np.array([start], dtype=np.int64)
         return np.round(np.linspace(0, last, self.num_stacks)).astype(np.int64)
 
     def indices(self, starts: np.ndarray, num_frames: int) -> np.ndarray:

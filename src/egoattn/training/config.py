@@ -41,6 +41,10 @@ class DataSection(_Section):
     size: int = Field(224, ge=8)  # crop side fed to the network
     resize: int = Field(256, ge=8)  # short side before cropping
     flow_stack: int = Field(5, ge=1)  # flow frames per stack (10 channels = 5 x/y pairs)
+    # Where the training flow stack starts: "random" anywhere in the clip (the references), "centre" at
+    # the test-time centred start +- flow_train_jitter flows (short clips whose phases differ in meaning).
+    flow_train_start: Literal["random", "centre"] = "random"
+    flow_train_jitter: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     val: Literal["holdout", "test"] = "holdout"  # holdout: a part of the training subjects' clips

@@ -176,7 +176,8 @@ def make_datamodule(recipe: Recipe, data: str | Path, model: nn.Module, split: s
         root=data, split=split or d.split, modalities=d.modalities, num_frames=d.num_frames, sampler=d.sampler,
         size=d.size, resize=d.resize, flow_stack=d.flow_stack, batch_size=batch_size or d.batch_size,
         num_workers=d.num_workers, seed=recipe.seed, val=val or d.val, val_fraction=d.val_fraction,
-        flow_test_stacks=flow_test_stacks,
+        flow_test_stacks=flow_test_stacks, flow_train_start=d.flow_train_start,
+        flow_train_jitter=d.flow_train_jitter,
     )
     norm = input_normalisation(model)
     if norm is not None:

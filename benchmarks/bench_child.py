@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from egoattn.memory import keep_freed_memory
+
 #: Overrides of the demo recipe: a few steps (one short epoch); --quick also shrinks the frames.
 TRAIN_OVERRIDES = ["train.epochs=1"]
 QUICK_TRAIN_OVERRIDES = ["data.size=64", "data.resize=73", "data.num_frames=6", "data.batch_size=4",
@@ -74,6 +76,7 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # as the egoattn command does
     ap = argparse.ArgumentParser()
     ap.add_argument("job", choices=["train", "predict"])
     ap.add_argument("paths", nargs="+", type=Path)

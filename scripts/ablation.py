@@ -30,6 +30,7 @@ from egoattn.data.synth import REVERSE_OF, generate_synthetic
 from egoattn.evaluation.compare import aggregate, load_run_result, table_csv, table_markdown
 from egoattn.evaluation.evaluate import evaluate_run
 from egoattn.fileio import write_text_atomic
+from egoattn.memory import keep_freed_memory
 from egoattn.training.run import train
 
 # The rows the RGB models share with the demo recipe (cpu_egornn_cam): 10 frames at 160 px.
@@ -102,6 +103,7 @@ def run_row(key: str, seed: int, data: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # as the egoattn command does
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--data", type=Path, default=None, help="a prepared dataset (default: generate one)")

@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from egoattn.memory import keep_freed_memory
+
+keep_freed_memory()  # as the egoattn command does (egoattn.memory): the suite's forwards fault in less
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

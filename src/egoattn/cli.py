@@ -20,6 +20,14 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _process_setup() -> None:
+    """Runs before every command: reuse freed memory (see egoattn.memory; a large speed-up on CPU)."""
+    from egoattn.memory import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)

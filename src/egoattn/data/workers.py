@@ -16,6 +16,8 @@ from multiprocessing.context import BaseContext
 import cv2
 import torch
 
+from egoattn.memory import keep_freed_memory
+
 #: Imported once in the forkserver, so that each worker starts without importing them again.
 PRELOAD = ["torch", "cv2", "numpy", "egoattn.data.dataset"]
 
@@ -31,6 +33,7 @@ def worker_context() -> BaseContext:
 
 def one_thread_per_worker(*_: object) -> None:
     """Worker initialiser (Pool `initializer` or DataLoader `worker_init_fn`): each worker is one process
-    on a shared machine, so no nested thread pools in OpenCV or torch."""
+    on a shared machine, so no nested thread pools in OpenCV or torch; freed memory is reused (egoattn.memory)."""
+    keep_freed_memory()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)

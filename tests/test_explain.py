@@ -28,7 +28,8 @@ def make_tiny_run(run_dir: Path, **kwargs) -> Path:
     return tinyrun.make_tiny_run(run_dir, CLASSES, **kwargs)
 
 
-def make_prepared(root: Path, subjects=("S1", "S2"), per_class: int = 2, n: int = 10, masks: bool = True) -> list[ClipRecord]:
+def make_prepared(root: Path, subjects=("S1", "S2"), per_class: int = 2, n: int = 10, masks: bool = True,
+                  keypoints: bool = False) -> list[ClipRecord]:
     rng = np.random.default_rng(0)
     records = []
     for s in subjects:
@@ -44,6 +45,11 @@ def make_prepared(root: Path, subjects=("S1", "S2"), per_class: int = 2, n: int 
                     w.add_rgb(rgb)
                     if masks:
                         w.add_gray("mask", mask)
+                    if keypoints:  # a 21-joint hand inside the object's box, x, y, visibility
+                        hand = np.ones((n, 21, 3), np.float32)
+                        hand[..., 0] = rng.uniform(x0, x1, (n, 21))
+                        hand[..., 1] = rng.uniform(y0, y1, (n, 21))
+                        w.add_array("keypoints", hand)
                 verb, noun = label.split("_")
                 records.append(ClipRecord(clip_id, f"clips/{clip_id}.zip", label, verb, noun, s, 0, n, 10.0, n))
     write_classes(root / "classes.txt", CLASSES)
@@ -102,6 +108,37 @@ def test_explain_dataset_like_the_demo(setup: tuple[Path, Path], tmp_path: Path)
     md = (out / "attention_scores.md").read_text()
     assert "| **overall** | 24 |" in md and "centre prior pointing" in md and "| open_box | 8 |" in md
     assert (out / "explain.json").is_file()
+
+
+@pytest.mark.parametrize("model", ["pose_parts", "pose_separable"])
+def test_pose_models_are_explained_and_scored(model: str, tmp_path: Path) -> None:
+    """The pose-driven models read keypoints: explain loads them and scores their spatial maps."""
+    import torch
+
+    from egoattn.models.registry import create_model
+    from egoattn.training.config import validate_recipe
+
+    prepared = tmp_path / "prepared"
+    make_prepared(prepared, keypoints=True)
+    options = {"backbone": "resnet18", "weights": "none", "pose_hidden": 8, "pose_layers": 2, "attention_hidden": 4}
+    if model == "pose_separable":
+        options.update(num_frames=4, input_size=64)
+    recipe = validate_recipe({"name": "tiny_pose", "model": {"name": model, "options": options},
+                              "data": {"modalities": ["rgb", "keypoints"], "num_frames": 4, "size": 64,
+                                       "resize": 72}}, "test")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    state = create_model(model, len(CLASSES), **options).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"recipe": recipe.model_dump(mode="json"), "classes": CLASSES}},
+               run / "checkpoints" / "best.ckpt")
+    write_classes(run / "classes.txt", CLASSES)
+    result = explain_run(run, prepared, split="gtea61", out=tmp_path / "attention", num_clips=1)
+    scored = result["scores"]["models"]["run"]
+    assert scored["attention"] and scored["overall"]["frames"] == 24  # 6 S2 clips x 4 frames
+    # a whole-frame object holds all of any map
+    assert scored["per_class"]["pour_water"]["mass_inside"] == pytest.approx(1.0)
+    assert (tmp_path / "attention" / f"{result['clips'][0]['clip_id']}.png").is_file()
 
 
 def test_compare_side_by_side(setup: tuple[Path, Path], tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from egoattn.data.keypoints import (keypoint_mask, normalize_keypoints, read_coc
                                     read_ntu_skeleton, resample_keypoints)
 from egoattn.data.samplers import uniform_indices
 from egoattn.errors import BadInputError, ConfigError
-from egoattn.models.pose_attention import (PoseEncoder, part_boxes, pose_granularity, pose_lstm,
-                                           pose_parts, pose_separable, segment_bounds)
+from egoattn.models.pose_attention import (PoseEncoder, frame_steps, part_attention_map, part_boxes,
+                                           pose_granularity, pose_lstm, pose_parts, pose_separable,
+                                           segment_bounds)
 
 POSE = dict(pose_hidden=8, pose_layers=2, attention_hidden=6)
 
@@ -221,12 +222,21 @@ def test_separable_gates_and_logits():
     rgb, kp = torch.randn(2, 9, 3, 32, 32), _hand(2, 9, 32)
     with torch.no_grad():
         out = model(rgb=rgb, keypoints=kp)
-        alpha, beta = out["spatial_gate"][:, 0], out["temporal_weights"]
+        alpha, beta = out["spatial_gate"][:, 0], out["step_weights"]
         assert out["spatial_gate"].shape == (2, 2, 2, 2) and beta.shape == (2, 2)
         assert ((alpha > 0) & (alpha < 1)).all()
         assert alpha.sum(dim=(1, 2)).sub(1).abs().max() > 1e-3  # not normalised
         torch.testing.assert_close(beta.sum(1), torch.ones(2))
-        torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(2, 2))
+        # per input frame (what explain draws and scores): 9 frames, the same map at each
+        assert out["attention"].shape == (2, 9, 2, 2)
+        torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(2, 9))
+        torch.testing.assert_close(out["attention"][:, 4], alpha / alpha.sum(dim=(1, 2), keepdim=True))
+        # frames 0-4 lie in step 0, 5-8 in step 1: beta shared among each step's frames
+        tw = out["temporal_weights"]
+        assert tw.shape == (2, 9)
+        torch.testing.assert_close(tw.sum(1), torch.ones(2))
+        torch.testing.assert_close(tw[:, 0], beta[:, 0] / 5)
+        torch.testing.assert_close(tw[:, 8], beta[:, 1] / 4)
         # g_s = alpha * g, g_t = beta * g, GAP each, concat, classifier
         g = model.backbone(rgb.transpose(1, 2))
         g_s = (g * alpha[:, None, None]).mean(dim=(2, 3, 4))
@@ -248,6 +258,26 @@ def test_separable_backpropagates():
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
 
 
+def test_frame_steps():
+    assert frame_steps(9, 2).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert frame_steps(4, 4).tolist() == [0, 1, 2, 3]
+
+
+def test_separable_on_a_per_frame_backbone_gates_every_frame():
+    model = pose_separable(4, backbone="resnet18", num_frames=5, input_size=64, **POSE).eval()
+    assert model.grid == (5, 2, 2)  # T frames, resnet18 stride 32 at 64 px
+    rgb, kp = torch.randn(2, 5, 3, 64, 64), _hand(2, 5)
+    with torch.no_grad():
+        out = model(rgb=rgb, keypoints=kp)
+        g = model.backbone(rgb.transpose(1, 2))
+        assert g.shape == (2, 512, 5, 2, 2)
+        torch.testing.assert_close(g[:, :, 3], model.backbone.frames(rgb[:, 3])["f_bn"])
+        torch.testing.assert_close(out["temporal_weights"], out["step_weights"])  # one step per frame
+    model.train()
+    model(rgb=rgb, keypoints=kp)["logits"].sum().backward()
+    assert model.spatial[0].weight.grad.abs().sum() > 0 and model.temporal[0].weight.grad.abs().sum() > 0
+
+
 def test_unknown_video_backbone_and_bad_layout_are_config_errors():
     with pytest.raises(ConfigError, match="video backbone"):
         pose_separable(3, backbone="i3d")
@@ -267,6 +297,18 @@ def test_part_boxes():
     np.testing.assert_allclose(boxes[0, 0].numpy(), [[5, 15, 15, 25], [5, 15, 35, 30], [0, 0, 99, 49]])
 
 
+def test_part_attention_map_spreads_each_weight_over_its_box():
+    boxes = torch.tensor([[[[0.0, 0.0, 15.0, 15.0], [16.0, 16.0, 31.0, 31.0], [30.0, 0.0, 31.0, 1.0]]]])
+    weights = torch.tensor([[0.5, 0.3, 0.2]])
+    m = part_attention_map(boxes, weights, frame_size=(32, 32), grid=(2, 2))
+    assert m.shape == (1, 1, 2, 2)
+    # part 0 fills the top-left cell, part 1 the bottom-right, part 2 (2 x 2 px) the top-right corner
+    torch.testing.assert_close(m[0, 0], torch.tensor([[0.5, 0.2], [0.0, 0.3]]))
+    # a box straddling two cells splits its weight by area
+    m = part_attention_map(torch.tensor([[[[8.0, 0.0, 23.0, 31.0]]]]), torch.ones(1, 1), (32, 32), (1, 2))
+    torch.testing.assert_close(m[0, 0], torch.tensor([[0.5, 0.5]]))
+
+
 def test_part_attention_is_a_softmax_mix_of_part_features():
     model = pose_parts(4, **POSE).eval()
     assert model.part_names == ["hand", "palm", "fingertips"]
@@ -279,6 +321,9 @@ def test_part_attention_is_a_softmax_mix_of_part_features():
         assert features.shape == (2, 3, 512)
         assert (features[:, 0] - features[:, 2]).abs().max() > 1e-4  # different crops
         torch.testing.assert_close(out["logits"], model.classifier((w.unsqueeze(-1) * features).sum(1)))
+        assert out["attention"].shape == (2, 3, 2, 2)  # the feature grid of resnet18 at 64 px
+        torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(2, 3))
+        torch.testing.assert_close(out["attention"], part_attention_map(out["part_boxes"], w, (64, 64), (2, 2)))
     model.train()
     out = model(rgb=rgb, keypoints=kp)
     out["logits"].sum().backward()

@@ -35,8 +35,8 @@ from egoattn.explain.scoring import AttentionScore, centre_prior
 from egoattn.fileio import write_json, write_text_atomic
 from egoattn.inference.predict import Preprocessing
 
-#: Loader keys that a model reads (see models.registry.model_inputs).
-INPUT_MODALITIES = ("rgb", "flow", "warp", "flow_pair")
+#: Loader keys that a model reads (see models.registry.model_inputs); keypoints drive the pose models.
+INPUT_MODALITIES = ("rgb", "flow", "warp", "flow_pair", "keypoints")
 DISPLAY_MIN = 224  # panels are upscaled to at least this many pixels so the labels are readable
 GIF_FPS = 4.0
 

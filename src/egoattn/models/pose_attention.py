@@ -6,16 +6,24 @@ freeze it with ``freeze_pose=True``). Inputs are the loader's keys: ``rgb`` (B, 
 ``keypoints`` (B, T, J, D + 1) (x, y in crop pixels, confidence; 0 or NaN = missing).
 
 - :class:`SeparableSTAttention` (ICCV 2019): over 3D-CNN features g (B, C, t, h, w) of torchvision's video
-  ResNets (r3d_18, mc3_18, r2plus1d_18) or S3D, a spatial gate alpha = sigmoid(W2 tanh(W1 h)) in
-  R^{h*w} (not normalised, shared by the t steps) and temporal weights beta = softmax(V2 tanh(V1 h)) in
-  R^t; g_s = alpha * g and g_t = beta * g, each global-average-pooled over (t, h, w), concatenated (2C)
-  -> dropout 0.5 -> Linear(2C, K). Regulariser, returned as ``reg_loss`` (already weighted, add it to the
-  loss): alpha_reg * sum_j (1 - alpha_j)^2 + beta_reg * sum_t beta_t^2, averaged over the batch (weights
-  1e-5). The first term keeps the gate from closing everywhere, the second keeps the temporal softmax
-  from collapsing on one step (the form of Song et al.'s STA-LSTM regularisers that Das et al. build on).
+  ResNets (r3d_18, mc3_18, r2plus1d_18) or S3D - or, as a CPU option, of a per-frame 2D backbone stacked over
+  time (:class:`FrameFeatureVolume`, t = T; offline only EfficientNet-Lite0 has pretrained weights) - a
+  spatial gate alpha = sigmoid(W2 tanh(W1 h)) in R^{h*w} (not normalised, shared by the t steps) and temporal
+  weights beta = softmax(V2 tanh(V1 h)) in R^t; g_s = alpha * g and g_t = beta * g, each global-average-pooled
+  over (t, h, w), concatenated (2C) -> dropout 0.5 -> Linear(2C, K). Regulariser, returned as ``reg_loss``
+  (already weighted, add it to the loss): alpha_reg * sum_j (1 - alpha_j)^2 + beta_reg * sum_t beta_t^2,
+  averaged over the batch (weights 1e-5). The first term keeps the gate from closing everywhere, the second
+  keeps the temporal softmax from collapsing on one step (the form of Song et al.'s STA-LSTM regularisers that
+  Das et al. build on).
+  Outputs per input frame for display and scoring (``egoattn explain``): ``attention`` (B, T, h, w) = alpha
+  normalised over locations (the same map at every frame, as alpha is shared by the t steps) and
+  ``temporal_weights`` (B, T) = beta of the feature step covering each frame, shared among that step's frames
+  (sums to 1 over T); ``step_weights`` (B, t) is beta itself.
 - :class:`PartAttention` (WACV 2019): per frame, a 2D backbone's feature map; features of boxes around
   joint groups ("parts": hands, body) by ``torchvision.ops.roi_align``, average-pooled and averaged over
   time -> F_p; alpha = softmax_p(W tanh(W' h)); F = sum_p alpha_p F_p -> dropout 0.5 -> Linear(C, K).
+  Its spatial map ``attention`` (B, T, h, w) on the feature grid spreads each part's weight uniformly over
+  its box (:func:`part_attention_map`), so the pointing game of ``egoattn explain`` can score it.
 - :class:`TemporalGranularityAttention` (WACV 2020): segment features at granularities G in (2, 3, 4)
   (equal segments of the T frames); per granularity a softmax over its segments from the pose embedding
   of each segment (the shared encoder run on that segment's keypoints), then a softmax over granularities
@@ -184,6 +192,35 @@ class VideoBackbone(nn.Module):
         return tuple(out.shape[2:])  # type: ignore[return-value]
 
 
+class FrameFeatureVolume(nn.Module):
+    """A per-frame 2D backbone seen as a video network: (B, 3, T, H, W) -> f_bn stacked (B, C, T, h, w).
+
+    Why: offline only the 2D EfficientNet-Lite0 has pretrained weights, and a random 3D CNN does not learn
+    in a CPU budget; its frozen per-frame features give the separable attention a (T, h, w) volume to gate.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.frames = backbone
+        self.in_channels = 3
+        self.out_channels = backbone.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t = x.shape[0], x.shape[2]
+        f = self.frames(x.transpose(1, 2).flatten(0, 1))["f_bn"]
+        return f.view(b, t, *f.shape[1:]).transpose(1, 2)
+
+    def feature_shape(self, num_frames: int, size: int | tuple[int, int]) -> tuple[int, int, int]:
+        """(T, h, w) for a clip of this many frames and size (one zero frame through the net, in eval mode)."""
+        h, w = (size, size) if isinstance(size, int) else size
+        was_training = self.training
+        self.eval()  # a probe must not move BatchNorm statistics
+        with torch.no_grad():
+            out = self.frames(torch.zeros(1, 3, h, w))["f_bn"]
+        self.train(was_training)
+        return (num_frames, int(out.shape[2]), int(out.shape[3]))
+
+
 def _video_state_dict(name: str, weights: str | Path) -> dict[str, Tensor]:
     if weights == "kinetics":
         enum = getattr(torchvision.models.video, VIDEO_BACKBONES[name][0])
@@ -200,8 +237,8 @@ def _is_video_backbone(name: str) -> bool:
         return True
     if name in list_backbones():
         return False
-    raise ConfigError(f"unknown backbone {name!r}; video: {', '.join(VIDEO_BACKBONES)}; "
-                      f"per-frame: {', '.join(list_backbones())}")
+    raise ConfigError(f"unknown backbone {name!r}; video backbones: {', '.join(VIDEO_BACKBONES)}; "
+                      f"per-frame backbones: {', '.join(list_backbones())}")
 
 
 def _check_pair(rgb: Tensor, keypoints: Tensor) -> None:
@@ -218,12 +255,17 @@ def _pose_outputs(encoder: PoseEncoder, keypoints: Tensor) -> dict[str, Tensor]:
 # ------------------------------------------------------------------------------------------ ICCV 2019
 
 
+def frame_steps(num_frames: int, num_steps: int) -> Tensor:
+    """(T,) index of the feature step covering each of T input frames: floor(f * t / T) (equal spans)."""
+    return torch.arange(num_frames) * num_steps // num_frames
+
+
 class SeparableSTAttention(nn.Module):
     """Separable spatio-temporal attention on 3D-CNN features, driven by the pose embedding."""
 
     input_keys = ("rgb", "keypoints")
 
-    def __init__(self, backbone: VideoBackbone, pose_encoder: PoseEncoder, num_classes: int,
+    def __init__(self, backbone: VideoBackbone | FrameFeatureVolume, pose_encoder: PoseEncoder, num_classes: int,
                  grid: tuple[int, int, int], attention_hidden: int = 256, dropout: float = 0.5,
                  alpha_reg: float = 1e-5, beta_reg: float = 1e-5) -> None:
         super().__init__()
@@ -256,13 +298,16 @@ class SeparableSTAttention(nn.Module):
         g_t = (g * beta[:, None, :, None, None]).mean(dim=(2, 3, 4))
         logits = self.classifier(torch.cat([g_s, g_t], dim=1))
         reg = (self.alpha_reg * (1 - alpha).pow(2).flatten(1).sum(1) + self.beta_reg * beta.pow(2).sum(1)).mean()
-        steps = self.grid[0]
+        steps, frames = self.grid[0], rgb.shape[1]
+        step = frame_steps(frames, steps).to(beta.device)  # the feature step covering each input frame
         out = {
             "logits": logits,
             "spatial_gate": alpha.unsqueeze(1).expand(-1, steps, -1, -1),
-            "temporal_weights": beta,
+            "step_weights": beta,
+            # per input frame, for display and scoring: beta shared among the frames of its step (sums to 1)
+            "temporal_weights": beta[:, step] / torch.bincount(step, minlength=steps)[step],
             # alpha normalised over locations, for display only (the model uses the unnormalised gate)
-            "attention": (alpha / alpha.sum(dim=(1, 2), keepdim=True)).unsqueeze(1).expand(-1, steps, -1, -1),
+            "attention": (alpha / alpha.sum(dim=(1, 2), keepdim=True)).unsqueeze(1).expand(-1, frames, -1, -1),
             "reg_loss": reg,
         }
         if "logits" in pose:
@@ -300,6 +345,27 @@ def part_boxes(keypoints: Tensor, parts: Sequence[Sequence[int]], frame_size: tu
     return torch.minimum(box.clamp(min=0), limit)
 
 
+def part_attention_map(boxes: Tensor, weights: Tensor, frame_size: tuple[int, int],
+                       grid: tuple[int, int]) -> Tensor:
+    """Boxes (B, T, P, 4) and part weights (B, P) -> (B, T, h, w): each part's weight spread uniformly over
+    its box, as the share of the box in each cell of an h x w grid over the frame. Sums to 1 per frame.
+
+    A box x0..x1 (pixel indices, as :func:`part_boxes` gives them) covers the pixels [x0, x1 + 1), so even a
+    box clamped to one pixel column keeps its weight.
+    """
+    height, width = frame_size
+
+    def share(lo: Tensor, hi: Tensor, size: int, cells: int) -> Tensor:
+        edges = torch.linspace(0, size, cells + 1, device=lo.device, dtype=lo.dtype)
+        inside = (torch.minimum(hi[..., None], edges[1:]) - torch.maximum(lo[..., None], edges[:-1])).clamp(min=0)
+        return inside / (hi - lo)[..., None]  # (B, T, P, cells), sums to 1 when the box is inside the frame
+
+    sx = share(boxes[..., 0], boxes[..., 2] + 1, width, grid[1])
+    sy = share(boxes[..., 1], boxes[..., 3] + 1, height, grid[0])
+    per_part = sy[..., :, None] * sx[..., None, :]  # (B, T, P, h, w)
+    return (weights[:, None, :, None, None].to(per_part.dtype) * per_part).sum(dim=2)
+
+
 class PartAttention(nn.Module):
     """Pose-driven attention over body-part features (hands, body) of a per-frame 2D backbone."""
 
@@ -323,9 +389,12 @@ class PartAttention(nn.Module):
 
     def part_features(self, rgb: Tensor, boxes: Tensor) -> Tensor:
         """Frames (B, T, 3, H, W), boxes (B, T, P, 4) -> per-part features averaged over time (B, P, C)."""
+        return self.pool_parts(self.backbone(rgb.flatten(0, 1))["f_bn"], boxes, rgb.shape[-1])
+
+    def pool_parts(self, f: Tensor, boxes: Tensor, frame_width: int) -> Tensor:
+        """Feature maps (B*T, C, h, w) of frames ``frame_width`` wide -> part features (B, P, C)."""
         b, t, p = boxes.shape[:3]
-        f = self.backbone(rgb.flatten(0, 1))["f_bn"]  # (B*T, C, h, w)
-        scale = f.shape[-1] / rgb.shape[-1]
+        scale = f.shape[-1] / frame_width
         index = torch.arange(b * t, device=f.device, dtype=f.dtype).repeat_interleave(p)
         rois = torch.cat([index[:, None], boxes.reshape(-1, 4).to(f.dtype)], dim=1)
         crops = roi_align(f, rois, output_size=self.roi_size, spatial_scale=scale, sampling_ratio=2, aligned=True)
@@ -333,12 +402,15 @@ class PartAttention(nn.Module):
 
     def forward(self, rgb: Tensor, keypoints: Tensor) -> dict[str, Tensor]:
         _check_pair(rgb, keypoints)
-        boxes = part_boxes(keypoints.float(), self.parts, tuple(rgb.shape[-2:]), self.margin)
-        features = self.part_features(rgb, boxes)
+        frame_size = tuple(rgb.shape[-2:])
+        boxes = part_boxes(keypoints.float(), self.parts, frame_size, self.margin)
+        f = self.backbone(rgb.flatten(0, 1))["f_bn"]  # (B*T, C, h, w)
+        features = self.pool_parts(f, boxes, rgb.shape[-1])
         pose = self.pose_encoder(keypoints)
         weights = self.attention(pose["h"]).softmax(dim=1)  # (B, P)
         fused = (weights.unsqueeze(-1) * features).sum(dim=1)
-        out = {"logits": self.classifier(fused), "part_weights": weights, "part_boxes": boxes}
+        out = {"logits": self.classifier(fused), "part_weights": weights, "part_boxes": boxes,
+               "attention": part_attention_map(boxes, weights, frame_size, tuple(f.shape[-2:]))}
         if "logits" in pose:
             out["pose_logits"] = pose["logits"]
         return out
@@ -432,8 +504,13 @@ def pose_separable(num_classes: int, backbone: str = "r3d_18", weights: str | Pa
                    center: PoseNorm = "mean", scale: Literal["box", "torso", "none"] = "box",
                    reference: Literal["first", "frame"] = "first", attention_hidden: int = 256,
                    dropout: float = 0.5, alpha_reg: float = 1e-5, beta_reg: float = 1e-5) -> SeparableSTAttention:
-    """Separable spatio-temporal attention (ICCV 2019); the grid (t, h, w) follows num_frames/input_size."""
-    net = VideoBackbone(backbone, weights)
+    """Separable spatio-temporal attention (ICCV 2019); the grid (t, h, w) follows num_frames/input_size.
+
+    ``backbone`` a video network (the papers' 3D CNN) or a per-frame one (stacked over time, t = num_frames).
+    """
+    net: VideoBackbone | FrameFeatureVolume = (
+        VideoBackbone(backbone, weights) if _is_video_backbone(backbone)
+        else FrameFeatureVolume(build_backbone(backbone, weights)))
     encoder = _pose_encoder(num_joints, keypoint_dims, pose_hidden, pose_layers, num_classes, layout, center, scale,
                             reference, pose_weights, freeze_pose)
     return SeparableSTAttention(net, encoder, num_classes, net.feature_shape(num_frames, input_size),

@@ -12,8 +12,10 @@ test transform (resize, centre crop, no flip), so a cached run trains on fixed v
 over-fitting on small data). With `train.cache_views = V > 1` it also holds V - 1 views drawn with
 the training sampler and transform (random scale, corner crop, flip), and each epoch reads one of
 the V views per clip at random: the augmentation of an uncached run, limited to V draws, for V times
-the caching cost and memory. The cache lives in RAM (float32, so a cached step equals an uncached
-one to float precision).
+the caching cost and memory. Augmented views need a longer schedule: on the demo recipe (25 epochs,
+held-out S2, seed 0) 4 views gave 63.1 % top-1 against 74-75 % with the fixed view, the training loss
+still at 0.97 at the end. The cache lives in RAM (float32, so a cached step equals an uncached one to
+float precision).
 """
 
 from __future__ import annotations

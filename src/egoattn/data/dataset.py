@@ -168,11 +168,10 @@ class ClipDataset(Dataset):
 class EpochSampler(Sampler[int]):
     """Indices in a (seed, epoch)-determined order; `set_epoch` also sets the dataset's epoch.
 
-    Lightning calls `set_epoch` on the loader's sampler at the start of every training epoch. The
-    dataset is any sized dataset with a `set_epoch` (ClipDataset, the feature cache's CachedClips).
+    Lightning calls `set_epoch` on the loader's sampler at the start of every training epoch.
     """
 
-    def __init__(self, dataset: ClipDataset | Any, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, dataset: ClipDataset, shuffle: bool, seed: int = 0) -> None:
         self.dataset, self.shuffle, self.seed, self.epoch = dataset, shuffle, int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -28,7 +28,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
-from egoattn.data.dataset import ClipDataset, EgoDataModule, EpochSampler
+from egoattn.data.dataset import ClipDataset, EgoDataModule
 from egoattn.errors import ConfigError
 from egoattn.training.task import ActionRecognitionTask
 
@@ -87,7 +87,7 @@ class CachedClips(Dataset):
     """Cached clips, `views[v][i]` = view v of clip i; item i of an epoch is one of its views.
 
     The view is drawn from (seed, epoch, index), as ClipDataset draws its crops, so an epoch is the
-    same whatever the loader order; `set_epoch` is called by EpochSampler.
+    same whatever the loader order; `set_epoch` comes from CachedFeatureDataModule.set_epoch.
     """
 
     def __init__(self, views: Sequence[list[dict[str, Any]]], seed: int = 0) -> None:
@@ -118,11 +118,12 @@ class CachedFeatureDataModule(L.LightningDataModule):
         self.batch_size, self.seed, self.classes = batch_size, seed, classes
 
     def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop's DatasetEpoch callback: the epoch's view of each clip."""
         self.train_set.set_epoch(epoch)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size,
-                          sampler=EpochSampler(self.train_set, shuffle=True, seed=self.seed))
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)

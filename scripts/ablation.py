@@ -27,7 +27,7 @@ from pathlib import Path
 
 from egoattn.data.prepare import PrepareOptions, prepare_dataset
 from egoattn.data.synth import REVERSE_OF, generate_synthetic
-from egoattn.evaluation.compare import aggregate, load_run_result, table_csv, table_markdown
+from egoattn.evaluation.compare import aggregate, format_cell, load_run_result, table_csv, table_markdown
 from egoattn.evaluation.evaluate import evaluate_run
 from egoattn.fileio import write_text_atomic
 from egoattn.memory import keep_freed_memory
@@ -83,6 +83,22 @@ def pair_accuracy(predictions_csv: Path) -> float | None:
     pairs = reversed_pairs(classes)
     wins = [float(r[f"p_{r['true']}"]) > float(r[f"p_{pairs[r['true']]}"]) for r in rows if r["true"] in pairs]
     return sum(wins) / len(wins) if wins else None
+
+
+def stat(values: list[float]) -> dict[str, float | int | None]:
+    """The cell format of egoattn.evaluation.compare: mean, sample std (None for one value), n."""
+    mean = statistics.mean(values)
+    return {"mean": mean, "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def pair_accuracy_table(pair_acc: dict[str, list[float | None]]) -> list[str]:
+    """Markdown rows: label | mean ± std (n) | the per-seed values (a run without pair clips is left out)."""
+    lines = ["| Row | Pair accuracy | per seed |", "|---|---:|---|"]
+    for label, accs in pair_acc.items():
+        vals = [a for a in accs if a is not None]
+        lines.append(f"| {label} | {format_cell(stat(vals)) if vals else '–'} | "
+                     + ", ".join(f"{100 * a:.1f}" for a in vals) + " |")
+    return lines
 
 
 def run_row(key: str, seed: int, data: Path, out: Path) -> Path:
@@ -146,14 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         "## Pair accuracy (time-reversed pairs)", "",
         "Over the S2 clips of take/put and open/close: how often the true class gets a higher probability "
         "than its time reverse. 50 % = blind to the order of the frames.", "",
-        "| Row | Pair accuracy | per seed |", "|---|---:|---|",
+        *pair_accuracy_table(pair_acc),
     ]
-    for label, accs in pair_acc.items():
-        vals = [a for a in accs if a is not None]
-        mean = statistics.mean(vals) if vals else float("nan")
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        lines.append(f"| {label} | {100 * mean:.1f} ± {100 * std:.1f} | "
-                     + ", ".join(f"{100 * a:.1f}" for a in vals) + " |")
     write_text_atomic(args.table, "\n".join(lines) + "\n")
     write_text_atomic(args.table.with_suffix(".csv"), table_csv(rows))
     print(f"wrote {args.table}")

@@ -27,12 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
 
 import ablation  # noqa: E402  (the Row type, run_row, pair_accuracy)
-from ablation import Row, pair_accuracy, run_row  # noqa: E402
+from ablation import Row, pair_accuracy, pair_accuracy_table, run_row, stat  # noqa: E402
 
 from egoattn.evaluation.compare import aggregate, format_cell, load_run_result, table_csv, table_markdown  # noqa: E402
 from egoattn.explain.explain import explain_run  # noqa: E402
@@ -91,12 +89,6 @@ def pointing_game(run: Path, data: Path) -> dict[str, float]:
             "prior": scores["centre_prior"]["overall"]["pointing_game"]}
 
 
-def stat(values: list[float]) -> dict[str, float | int | None]:
-    """The cell format of egoattn.evaluation.compare: mean, sample std (None for one value), n."""
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else None, "n": int(arr.size)}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a prepared synthetic dataset with flow")
@@ -146,11 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         "## Pair accuracy (time-reversed pairs)", "",
         "Over the S2 clips of take/put and open/close: how often the true class gets a higher probability "
         "than its time reverse (scripts/ablation.py). 50 % = blind to the order of the frames.", "",
-        "| Row | Pair accuracy | per seed |", "|---|---:|---|",
+        *pair_accuracy_table(pair_acc),
     ]
-    for label, accs in pair_acc.items():
-        vals = [a for a in accs if a is not None]
-        lines.append(f"| {label} | {format_cell(stat(vals))} | " + ", ".join(f"{100 * a:.1f}" for a in vals) + " |")
     lines += [
         "", "## Pointing game (`egoattn explain`)", "",
         "Over every S2 frame with an active object: is the peak of the model's spatial attention inside the "

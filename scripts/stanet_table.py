@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 import ablation  # scripts/ablation.py, beside this file
-from ablation import Row, pair_accuracy, run_row
+from ablation import Row, pair_accuracy, pair_accuracy_table, run_row
 from egoattn.baselines.classify import run_baseline
 from egoattn.data.manifest import read_classes, read_manifest, write_manifest
 from egoattn.errors import BadInputError, ConfigError
@@ -246,12 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         "probability than its time reverse (50 % = blind to frame order; for the baselines the softmax of the "
         "classifier's scores; 1-NN gives one-hot scores, so a tie between the true class and its reverse counts as "
         "a miss and its pair accuracy is only its hit rate on these clips).", "",
-        "| Row | Pair accuracy | per seed |", "|---|---:|---|",
+        *pair_accuracy_table(pair_acc),
     ]
-    for label, accs in pair_acc.items():
-        vals = [a for a in accs if a is not None]
-        lines.append(f"| {label} | {pct(sum(vals) / len(vals)) if vals else '–'} | "
-                     + ", ".join(pct(a) for a in vals) + " |")
     lines += ["", "Rows, as trained (recipes in src/egoattn/recipes/; every run also `--set seed=S`). The demo, "
               "stage 2 and stage 3 ran for fewer epochs than their recipes (25, 20, 15) to fit about 70 minutes of "
               "one shared core, the learning-rate step kept at about the same share of the run; the demo's 75.0 % "

@@ -2,8 +2,9 @@
 
     python scripts/ablation.py --out runs/ablation [--seeds 0 1 2] [--rows frame_average convlstm ...]
 
-Generates the default synthetic preset and prepares it (RGB, warp flow, raw flow and motion maps at
-short side 160) unless --data names a prepared dataset, then trains every row once per seed, evaluates
+Generates a synthetic preset (--preset; default compact, the 336-clip preset ABLATION.md was made with)
+and prepares it (RGB, warp flow, raw flow and motion maps at short side 160) unless --data names a
+prepared dataset, then trains every row once per seed, evaluates
 each run on the held-out subject S2, and writes ABLATION.md (and .csv): mean and std over the seeds
 per row, plus the *pair accuracy* the synthetic design is about - over the test clips of the
 time-reversed pairs (take/put, open/close of each noun), how often the model gives the true class a
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from egoattn.data.manifest import read_classes, read_manifest
 from egoattn.data.prepare import PrepareOptions, prepare_dataset
 from egoattn.data.synth import REVERSE_OF, generate_synthetic
 from egoattn.evaluation.compare import aggregate, format_cell, load_run_result, table_csv, table_markdown
@@ -52,7 +54,7 @@ ROWS = {
     # The demo recipe as it was when ABLATION.md was made: only the fc behind the CAM trains in the
     # backbone (the demo now also fine-tunes the last stage, which the ConvLSTM row does not).
     "convlstm_attention": Row("ConvLSTM-attention", "cpu_egornn_cam", (
-        "model.options.train_last_stage=false", "train.epochs=50", "optim.milestones=[40]",
+        "model.options.train_last_stage=false", "train.epochs=50", "optim.milestones=[40]", "train.channels_last=false",
         "params.groups=[{match: ['input_proj.*', 'convlstm.*', 'classifier.*', 'backbone.fc.*']}]"),
         cache_features=True),
     "flow": Row("Flow (warp)", "cpu_flow"),
@@ -83,6 +85,12 @@ def pair_accuracy(predictions_csv: Path) -> float | None:
     pairs = reversed_pairs(classes)
     wins = [float(r[f"p_{r['true']}"]) > float(r[f"p_{pairs[r['true']]}"]) for r in rows if r["true"] in pairs]
     return sum(wins) / len(wins) if wins else None
+
+
+def data_description(data: Path) -> str:
+    """What the table's data holds, read from it (the synthetic presets differ in clips per class)."""
+    test = sum(r.subject == "S2" for r in read_manifest(data / "manifest.csv"))
+    return f"synthetic: train S1, S3, S4 - test S2, {test} clips, {len(read_classes(data / 'classes.txt'))} classes"
 
 
 def stat(values: list[float]) -> dict[str, float | int | None]:
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--data", type=Path, default=None, help="a prepared dataset (default: generate one)")
+    parser.add_argument("--preset", default="compact", help="the synthetic preset generated without --data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--table", type=Path, default=Path("ABLATION.md"))
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = args.data
     if data is None:
-        generate_synthetic(args.out / "synthetic", preset="default", seed=0)
+        generate_synthetic(args.out / "synthetic", preset=args.preset, seed=0)
         data = args.out / "prepared"
         prepare_dataset(args.out / "synthetic", data, PrepareOptions(format="synthetic", short_side=160))
 
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{command}`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.processor() or platform.machine()}, "
         f"{time.perf_counter() - started:.0f} s for the runs not already done  ",
-        f"Data: `{data}` (default synthetic preset: train S1, S3, S4 - test S2, 84 clips, 14 classes); "
+        f"Data: `{data}` ({data_description(data)}); "
         f"seeds {args.seeds}.", "",
         table_markdown(rows, group_by="row"),
         "## Pair accuracy (time-reversed pairs)", "",

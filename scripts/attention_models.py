@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
 
 import ablation  # noqa: E402  (the Row type, run_row, pair_accuracy)
-from ablation import Row, pair_accuracy, pair_accuracy_table, run_row, stat  # noqa: E402
+from ablation import Row, data_description, pair_accuracy, pair_accuracy_table, run_row, stat  # noqa: E402
 
 from egoattn.evaluation.compare import aggregate, format_cell, load_run_result, table_csv, table_markdown  # noqa: E402
 from egoattn.explain.explain import explain_run  # noqa: E402
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{platform.processor() or platform.machine()}, {time.perf_counter() - started:.0f} s for the runs not "
         "already done  ",
-        f"Data: `{args.data}` (default synthetic preset: train S1, S3, S4 - test S2, 84 clips, 14 classes, chance "
+        f"Data: `{args.data}` ({data_description(args.data)}, chance "
         f"7 %); seeds {args.seeds}. Every row: 4 uniformly sampled frames at 112 px, the bundled ImageNet "
         "EfficientNet-Lite0 frozen; the recipes are named in the last table.", "",
         table_markdown(rows, group_by="row"),

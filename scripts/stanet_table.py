@@ -163,7 +163,7 @@ def table_one(metrics: dict[str, Any], title: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as the egoattn command does
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="the prepared default synthetic preset")
+    parser.add_argument("--data", type=Path, required=True, help="a prepared synthetic dataset (compact or default preset)")
     parser.add_argument("--out", type=Path, default=Path("runs/stanet"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--protect-per-class", type=int, default=1,
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{platform.processor() or platform.machine()}; {sum(timings.seconds.values()) / 60:.0f} min of one core "
         "(OMP_NUM_THREADS=1, data.num_workers=0) for all steps, per step at the end  ",
-        f"Data: `{args.data}` (default synthetic preset, seed 0: train S1, S3, S4 - test {TEST_SUBJECT}, {n_test} "
+        f"Data: `{args.data}` (synthetic, seed 0: train S1, S3, S4 - test {TEST_SUBJECT}, {n_test} "
         f"clips, 14 classes, chance 7.1 %); seeds {args.seeds}.", "",
         "## S2 test set (seed 000 Table II form, beside the Ego-RNN models)", "",
         table_markdown(rows, group_by="row"),

@@ -190,6 +190,17 @@ def test_short_clip_names_the_file(tmp_path: Path) -> None:
         ds[0]
     ds = ClipDataset(tmp_path, [rec], CLASSES, ("rgb",), UniformSampler(8, short_clip="repeat"), RAW, train=False)
     assert ds[0]["frame_indices"].tolist() == [0, 0, 1, 1, 2, 3, 3, 4]  # (5 * t) // 8
+    # A flow-only clip reads no frames, so the frame sampler's length does not apply; in training as in
+    # testing the stacks are where the flow sampler puts them, and flow and warp are one draw.
+    ds = ClipDataset(tmp_path, [rec], CLASSES, ("flow",), UniformSampler(8), RAW,
+                     flow_sampler=FlowStackSampler(3, "centre"), train=False)
+    assert tuple(ds[0]["flow"].shape[:2]) == (1, 6) and ds[0]["frame_indices"].tolist() == [1, 2, 3]
+    write_clip(tmp_path / "clips" / "both.zip", "both", 12, kinds=("flow", "warp"))
+    both = ClipRecord("both", "clips/both.zip", "open_jam", "open", "jam", "S1", 0, 12, 10.0, 12)
+    for seed in range(5):
+        item = ClipDataset(tmp_path, [both], CLASSES, ("flow", "warp"), UniformSampler(25), RAW,
+                           flow_sampler=FlowStackSampler(3, "random"), train=True, seed=seed)[0]
+        assert (raw_u8(item["warp"]) - raw_u8(item["flow"]) == 1).all()  # warp = flow + 1 at the same stack
 
 
 def test_bad_manifest_entries(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from egoattn.errors import BadInputError
+from egoattn.errors import BadInputError, ConfigError
 from egoattn.evaluation.metrics import compute_metrics, write_metrics
 from egoattn.evaluation.plots import class_correlation, plot_confusion, plot_correlation, plot_learning_curves
 
@@ -339,3 +339,45 @@ def test_evaluate_rejects_other_classes(fake_run):
     write_classes(data / "classes.txt", classes[:3])
     with pytest.raises(BadInputError, match="classes.txt"):
         evaluate_run(run, data)
+
+
+def _reversed_batches(batches: list[dict]) -> list[dict]:
+    """The same clips, last first (a second stream's loader need not keep the first one's order)."""
+    flat = [{k: v[i] for k, v in b.items()}
+            for b in batches for i in range(len(b["clip_id"]))][::-1]
+    return [{k: ([x[k] for x in flat[s:s + 4]] if k == "clip_id" else torch.stack([x[k] for x in flat[s:s + 4]]))
+             for k in flat[0]} for s in range(0, len(flat), 4)]
+
+
+def test_late_fusion_averages_the_logits_of_each_run_clip_by_clip(fake_run, tmp_path, monkeypatch):
+    from egoattn.evaluation.evaluate import evaluate_late_fusion, predict_logits
+
+    run, data, model, classes, calls = fake_run
+    fake = sys.modules["egoattn.training.run"]
+    other_run = tmp_path / "run-flow"
+    torch.manual_seed(1)
+    other = TinyModel(len(classes))
+    load_first = fake.load_run
+    fake.load_run = lambda d, which="best": (FakeLoaded(other, load_first(d).recipe, classes, Path(d))
+                                            if Path(d) == other_run else load_first(d, which))
+    batches = _fake_batches(10, len(classes), 16)
+    fake.make_eval_loader = lambda loaded, root, split, **kw: (
+        _reversed_batches(batches) if loaded.model is other else batches)
+    m = evaluate_late_fusion([run, other_run], data, out=tmp_path / "fused")
+
+    labels = torch.cat([b["label"] for b in batches]).numpy()
+    expect = (predict_logits(model, batches).logits + predict_logits(other, batches).logits) / 2
+    assert m["top1"] == pytest.approx((expect.argmax(1) == labels).mean())
+    assert m["name"] == "late fusion: tiny + tiny" and m["runs"] == [str(run), str(other_run)]
+    rows = list(csv.DictReader((tmp_path / "fused" / "predictions.csv").open()))
+    assert [r["clip_id"] for r in rows] == [f"S2_clip{i}" for i in range(10)]
+    assert [r["pred"] for r in rows] == [classes[i] for i in expect.argmax(1)]
+    # fusing a run with itself changes nothing
+    same = evaluate_late_fusion([run, run], data, out=tmp_path / "self")
+    single = predict_logits(model, batches).logits
+    assert same["top1"] == pytest.approx((single.argmax(1) == labels).mean())
+    with pytest.raises(ConfigError, match="at least two runs"):
+        evaluate_late_fusion([run], data, out=tmp_path / "one")
+    fake.make_eval_loader = lambda loaded, root, split, **kw: batches[:1] if loaded.model is other else batches
+    with pytest.raises(BadInputError, match="different clips"):
+        evaluate_late_fusion([run, other_run], data, out=tmp_path / "bad")

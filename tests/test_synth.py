@@ -108,7 +108,9 @@ def test_unknown_names_rejected():
         S.render_clip("juggle_cup", "S1", np.random.default_rng(0), "small")
     assert S.get_preset("default").subjects == ("S1", "S2", "S3", "S4")
     d = S.get_preset("default")
-    assert (d.instances * len(d.subjects) * len(S.CLASSES), d.num_frames, d.width, d.height) == (336, 32, 320, 240)
+    assert (d.instances * len(d.subjects) * len(S.CLASSES), d.num_frames, d.width, d.height) == (672, 32, 320, 240)
+    c = S.get_preset("compact")  # the former default, which the tables in the repository were made with
+    assert (c.instances * len(c.subjects) * len(S.CLASSES), c.num_frames, c.width, c.height) == (336, 32, 320, 240)
 
 
 def _track(verb: str, seed: int, noun: str = "jar"):

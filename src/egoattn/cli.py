@@ -36,7 +36,7 @@ def _fail(e: Exception) -> None:
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Output folder of the synthetic source dataset (videos + ground truth)."),
-    preset: str = typer.Option("default", help="small | default | large."),
+    preset: str = typer.Option("default", help="small (56 clips of 16 frames) | compact (336) | default (672) | large (840 of 48 frames)."),
     seed: int = typer.Option(0, help="The same seed gives the same decoded frames."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
 ) -> None:
@@ -133,18 +133,23 @@ def recipes() -> None:
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory of a trained model."),
+    runs: list[Path] = typer.Argument(..., help="Run directory of a trained model; several runs: their late fusion."),
     data: Path = typer.Option(..., help="Prepared dataset folder."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the run's split), e.g. gtea61, loso:S2."),
-    out: Optional[Path] = typer.Option(None, help="Where to write (default RUN/eval-<split>)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write (default RUN/eval-<split>; required for several runs)."),
     flow_stacks: int = typer.Option(1, help="Average flow logits over this many evenly spaced stacks."),
     crops: int = typer.Option(1, help="1 = centre crop, 5 = four corners and centre, averaged."),
 ) -> None:
-    """Accuracy, per-class precision/recall/F1, verb/noun accuracy, confusion and correlation matrices."""
-    from egoattn.evaluation.evaluate import evaluate_run
+    """Accuracy, per-class precision/recall/F1, verb/noun accuracy, confusion and correlation matrices.
+
+    Several runs (e.g. the RGB and the flow stream) are evaluated as their late fusion: the mean of their logits."""
+    from egoattn.evaluation.evaluate import evaluate_late_fusion, evaluate_run
 
     try:
-        evaluate_run(run, data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops)
+        if len(runs) == 1:
+            evaluate_run(runs[0], data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops)
+        else:
+            evaluate_late_fusion(runs, data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops)
     except EgoattnError as e:
         _fail(e)
 

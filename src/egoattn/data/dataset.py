@@ -32,6 +32,8 @@ from egoattn.data.workers import one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 
 MODALITIES = ("rgb", "flow", "warp", "flow_pair", "motion", "mask", "keypoints", "order")
+FRAME_MODALITIES = {"rgb", "flow_pair", "motion", "mask", "keypoints"}  # read at the sampled frames
+FLOW_STACK_MODALITIES = {"flow", "warp"}  # read as stacks of the flow sampler
 """What a ClipDataset can load; `order` yields `order_rgb` and `order_label`."""
 
 Transform = Callable[[dict[str, Any], "np.random.Generator | None"], dict[str, Any]]
@@ -133,19 +135,27 @@ class ClipDataset(Dataset):
     def _load(self, reader: ClipReader, rec: ClipRecord, rng: np.random.Generator | None,
               order_rng: np.random.Generator) -> dict[str, Any]:
         n = reader.num_frames
-        frames = np.asarray(self.sampler(n, rng), dtype=np.int64)
+        mods = self.modalities
+        wants_stacks = bool(FLOW_STACK_MODALITIES & set(mods))
+        # Frames are sampled only when a per-frame modality is read (a flow-only clip need not be as
+        # long as the frame sampler wants); then frame_indices are the frames its flows start at.
+        frames = None
+        if FRAME_MODALITIES & set(mods) or not wants_stacks:
+            frames = np.asarray(self.sampler(n, rng), dtype=np.int64)
+        # One draw for both flow and warp, so that the two cover the same frames.
+        stacks = self.flow_sampler.indices(self.flow_sampler(n, rng), n) if wants_stacks else None
+        if frames is None:
+            frames = np.unique(np.asarray(stacks, dtype=np.int64))
         clip: dict[str, Any] = {
             "label": self.class_index[rec.label],
             "clip_id": rec.clip_id,
             "frame_indices": frames,
             "frame_size": (int(reader.meta["height"]), int(reader.meta["width"])),
         }
-        mods = self.modalities
         if "rgb" in mods:
             clip["rgb"] = _read_unique(reader.read_rgb, frames)
         for kind in ("flow", "warp"):
             if kind in mods:
-                stacks = self.flow_sampler.indices(self.flow_sampler(n, rng), n)
                 clip[kind] = _read_unique(lambda idx, k=kind: reader.read_flow(k, idx), stacks)
         if "flow_pair" in mods:
             if n < 2:

@@ -18,7 +18,7 @@ import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -153,40 +153,81 @@ def print_headline(metrics: Mapping[str, Any], title: str) -> None:
     Console().print(table)
 
 
-def evaluate_run(run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-                 flow_stacks: int = 1, crops: int = 1) -> dict[str, Any]:
-    """Evaluate the best checkpoint of `run` on `split` of the prepared dataset `data`; returns the metrics."""
+def _run_predictions(run: Path, data: Path, split: str | None, flow_stacks: int,
+                     crops: int) -> tuple[Any, str, Predictions]:
+    """(the loaded best checkpoint, the split, its logits on that split)."""
     if flow_stacks < 1:
         raise ConfigError(f"flow_stacks must be >= 1, got {flow_stacks}")
     if crops not in (1, 5):
         raise ConfigError(f"crops must be 1 (centre) or 5 (corners and centre), got {crops}")
-    run, data = Path(run), Path(data)
     # import_module (not `from ... import`) so that a stand-in module in sys.modules is honoured.
     run_module = importlib.import_module("egoattn.training.run")
     loaded = run_module.load_run(run, which="best")
-    classes = list(loaded.classes)
-    _check_classes(data, classes)
-    recipe = loaded.recipe
-    split = split or recipe.data.split
-    out = Path(out) if out is not None else run / f"eval-{split.replace(':', '-')}"
-
+    _check_classes(data, list(loaded.classes))
+    split = split or loaded.recipe.data.split
     loader = _eval_loader(run_module, loaded, data, split, flow_stacks, crops)
     model = loaded.model.to(default_device())
-    preds = predict_logits(model, loader, crops=crops, crop_size=recipe.data.size)
-    probs = _softmax(preds.logits.astype(np.float64))
+    return loaded, split, predict_logits(model, loader, crops=crops, crop_size=loaded.recipe.data.size)
 
-    metrics = compute_metrics(preds.labels, preds.logits, classes)
-    metrics = {"name": recipe.name, "seed": recipe.seed, "run": str(run), "checkpoint": "best", "data": str(data),
-               "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
-    title = f"{recipe.name} on {split}"
+
+def _write_evaluation(out: Path, metrics: dict[str, Any], classes: list[str], preds: Predictions, title: str,
+                      curves: Path | None) -> None:
+    probs = _softmax(preds.logits.astype(np.float64))
     rows = zip(preds.clip_ids, preds.labels.tolist(), preds.logits.argmax(1).tolist(), probs)
     write_metrics(out, metrics, classes, rows, title=title)
     plot_confusion(metrics["confusion_normalized"], classes, out / "confusion.png", title=f"{title}: confusion")
     plot_correlation(probs, classes, out / "correlation.png", title=f"{title}: class correlation")
-    if (run / "metrics.csv").is_file():
+    if curves is not None and curves.is_file():
         try:
-            plot_learning_curves(run / "metrics.csv", out / "learning_curves.png", title=f"{recipe.name}: learning curves")
+            plot_learning_curves(curves, out / "learning_curves.png", title=f"{metrics['name']}: learning curves")
         except BadInputError as e:  # a run without loss/accuracy columns still gets its evaluation
             print(f"note: no learning curves ({e})")
     print_headline(metrics, f"{title} ({metrics['num_samples']} clips) -> {out}")
+
+
+def evaluate_run(run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
+                 flow_stacks: int = 1, crops: int = 1) -> dict[str, Any]:
+    """Evaluate the best checkpoint of `run` on `split` of the prepared dataset `data`; returns the metrics."""
+    run, data = Path(run), Path(data)
+    loaded, split, preds = _run_predictions(run, data, split, flow_stacks, crops)
+    recipe, classes = loaded.recipe, list(loaded.classes)
+    out = Path(out) if out is not None else run / f"eval-{split.replace(':', '-')}"
+    metrics = compute_metrics(preds.labels, preds.logits, classes)
+    metrics = {"name": recipe.name, "seed": recipe.seed, "run": str(run), "checkpoint": "best", "data": str(data),
+               "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
+    _write_evaluation(out, metrics, classes, preds, f"{recipe.name} on {split}", run / "metrics.csv")
+    return metrics
+
+
+def evaluate_late_fusion(runs: Sequence[str | Path], data: str | Path, split: str | None = None,
+                         out: str | Path | None = None, flow_stacks: int = 1, crops: int = 1) -> dict[str, Any]:
+    """Late fusion of separately trained streams (e.g. the RGB and the flow run of a two-stream model): each
+    run predicts the split through its own input pipeline (frames, size, modality) and the fused logits
+    are their mean, the 0.5 / 0.5 late fusion of ``twostream``. Writes the evaluation of the fused scores."""
+    runs, data = [Path(r) for r in runs], Path(data)
+    if len(runs) < 2:
+        raise ConfigError(f"late fusion needs at least two runs, got {len(runs)}")
+    if out is None:
+        raise ConfigError("late fusion of several runs needs an output folder (out=)")
+    predicted = [_run_predictions(run, data, split, flow_stacks, crops) for run in runs]
+    (first, split, base), rest = predicted[0], predicted[1:]
+    classes = list(first.classes)
+    index = {clip: i for i, clip in enumerate(base.clip_ids)}
+    logits = [base.logits.astype(np.float64)]
+    for run, (loaded, run_split, preds) in zip(runs[1:], rest):
+        if list(loaded.classes) != classes:
+            raise BadInputError(run / "classes.txt", f"classes differ from those of {runs[0]}")
+        if run_split != split:
+            raise ConfigError(f"{run} evaluates split {run_split!r}, {runs[0]} split {split!r}: pass split=")
+        if sorted(preds.clip_ids) != sorted(base.clip_ids):
+            raise BadInputError(data, f"{run} and {runs[0]} predicted different clips of split {split!r}")
+        order = np.argsort([index[c] for c in preds.clip_ids])
+        logits.append(preds.logits[order].astype(np.float64))
+    fused = Predictions(np.mean(logits, axis=0), base.labels, base.clip_ids)
+    names = [loaded.recipe.name for loaded, _, _ in predicted]
+    metrics = compute_metrics(fused.labels, fused.logits, classes)
+    metrics = {"name": "late fusion: " + " + ".join(names), "seed": first.recipe.seed,
+               "runs": [str(r) for r in runs], "fusion": "mean of logits", "checkpoint": "best", "data": str(data),
+               "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
+    _write_evaluation(Path(out), metrics, classes, fused, f"{metrics['name']} on {split}", None)
     return metrics

@@ -350,7 +350,7 @@ def _reversed_batches(batches: list[dict]) -> list[dict]:
 
 
 def test_late_fusion_averages_the_logits_of_each_run_clip_by_clip(fake_run, tmp_path, monkeypatch):
-    from egoattn.evaluation.evaluate import evaluate_late_fusion, predict_logits
+    from egoattn.evaluation.evaluate import evaluate_late_fusion, evaluate_run, predict_logits
 
     run, data, model, classes, calls = fake_run
     fake = sys.modules["egoattn.training.run"]
@@ -372,6 +372,14 @@ def test_late_fusion_averages_the_logits_of_each_run_clip_by_clip(fake_run, tmp_
     rows = list(csv.DictReader((tmp_path / "fused" / "predictions.csv").open()))
     assert [r["clip_id"] for r in rows] == [f"S2_clip{i}" for i in range(10)]
     assert [r["pred"] for r in rows] == [classes[i] for i in expect.argmax(1)]
+    # stream_outs: each run's own evaluation from the same predictions, as evaluate_run writes it
+    m2 = evaluate_late_fusion([run, other_run], data, out=tmp_path / "fused2",
+                              stream_outs=[tmp_path / "s-rgb", tmp_path / "s-flow"])
+    own = evaluate_run(run, data, out=tmp_path / "own")
+    assert m2["top1"] == pytest.approx(m["top1"]) and len(m2["streams"]) == 2
+    assert m2["streams"][0]["top1"] == pytest.approx(own["top1"])
+    assert (tmp_path / "s-rgb" / "predictions.csv").read_text() == (tmp_path / "own" / "predictions.csv").read_text()
+    assert m2["streams"][1]["top1"] == pytest.approx((predict_logits(other, batches).logits.argmax(1) == labels).mean())
     # fusing a run with itself changes nothing
     same = evaluate_late_fusion([run, run], data, out=tmp_path / "self")
     single = predict_logits(model, batches).logits

@@ -42,7 +42,7 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "d
              overrides: Sequence[str] = ()) -> dict:
     from egoattn.data.prepare import PrepareOptions, prepare_dataset
     from egoattn.data.synth import generate_synthetic
-    from egoattn.evaluation.evaluate import evaluate_late_fusion, evaluate_run
+    from egoattn.evaluation.evaluate import evaluate_late_fusion
     from egoattn.explain.explain import explain_run
     from egoattn.report.html import write_report
 
@@ -68,9 +68,9 @@ def run_demo(out: Path, preset: str = "default", seed: int = 0, recipe: str = "d
     timings["train_flow"] = time.perf_counter() - t
 
     t = _step("5/6 evaluate each stream and their late fusion on the held-out subject S2")
-    streams = {name: evaluate_run(r, data=prepared, split="gtea61", out=out / f"eval-{name}")
-               for name, r in (("rgb", run), ("flow", flow_run))}
-    metrics = evaluate_late_fusion([run, flow_run], data=prepared, split="gtea61", out=out / "eval")
+    metrics = evaluate_late_fusion([run, flow_run], data=prepared, split="gtea61", out=out / "eval",
+                                   stream_outs=[out / "eval-rgb", out / "eval-flow"])
+    streams = dict(zip(("rgb", "flow"), metrics.pop("streams")))
     timings["evaluate"] = time.perf_counter() - t
 
     t = _step("6/6 attention overlays and the HTML report")

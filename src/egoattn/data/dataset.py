@@ -32,9 +32,9 @@ from egoattn.data.workers import one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 
 MODALITIES = ("rgb", "flow", "warp", "flow_pair", "motion", "mask", "keypoints", "order")
+"""What a ClipDataset can load; `order` yields `order_rgb` and `order_label`."""
 FRAME_MODALITIES = {"rgb", "flow_pair", "motion", "mask", "keypoints"}  # read at the sampled frames
 FLOW_STACK_MODALITIES = {"flow", "warp"}  # read as stacks of the flow sampler
-"""What a ClipDataset can load; `order` yields `order_rgb` and `order_label`."""
 
 Transform = Callable[[dict[str, Any], "np.random.Generator | None"], dict[str, Any]]
 

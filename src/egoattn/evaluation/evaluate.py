@@ -190,8 +190,13 @@ def evaluate_run(run: str | Path, data: str | Path, split: str | None = None, ou
     """Evaluate the best checkpoint of `run` on `split` of the prepared dataset `data`; returns the metrics."""
     run, data = Path(run), Path(data)
     loaded, split, preds = _run_predictions(run, data, split, flow_stacks, crops)
-    recipe, classes = loaded.recipe, list(loaded.classes)
     out = Path(out) if out is not None else run / f"eval-{split.replace(':', '-')}"
+    return _evaluate_predictions(run, loaded, data, split, preds, out, flow_stacks, crops)
+
+
+def _evaluate_predictions(run: Path, loaded: Any, data: Path, split: str, preds: Predictions, out: Path,
+                          flow_stacks: int, crops: int) -> dict[str, Any]:
+    recipe, classes = loaded.recipe, list(loaded.classes)
     metrics = compute_metrics(preds.labels, preds.logits, classes)
     metrics = {"name": recipe.name, "seed": recipe.seed, "run": str(run), "checkpoint": "best", "data": str(data),
                "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
@@ -200,10 +205,13 @@ def evaluate_run(run: str | Path, data: str | Path, split: str | None = None, ou
 
 
 def evaluate_late_fusion(runs: Sequence[str | Path], data: str | Path, split: str | None = None,
-                         out: str | Path | None = None, flow_stacks: int = 1, crops: int = 1) -> dict[str, Any]:
+                         out: str | Path | None = None, flow_stacks: int = 1, crops: int = 1,
+                         stream_outs: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Late fusion of separately trained streams (e.g. the RGB and the flow run of a two-stream model): each
     run predicts the split through its own input pipeline (frames, size, modality) and the fused logits
-    are their mean, the 0.5 / 0.5 late fusion of ``twostream``. Writes the evaluation of the fused scores."""
+    are their mean, the 0.5 / 0.5 late fusion of ``twostream``. Writes the evaluation of the fused scores
+    and, with ``stream_outs`` (one folder per run), each run's own evaluation from the same predictions;
+    the returned metrics then hold the runs' metrics under ``"streams"``."""
     runs, data = [Path(r) for r in runs], Path(data)
     if len(runs) < 2:
         raise ConfigError(f"late fusion needs at least two runs, got {len(runs)}")
@@ -224,10 +232,14 @@ def evaluate_late_fusion(runs: Sequence[str | Path], data: str | Path, split: st
         order = np.argsort([index[c] for c in preds.clip_ids])
         logits.append(preds.logits[order].astype(np.float64))
     fused = Predictions(np.mean(logits, axis=0), base.labels, base.clip_ids)
+    if stream_outs is not None and len(stream_outs) != len(runs):
+        raise ConfigError(f"stream_outs needs one folder per run ({len(runs)}), got {len(stream_outs)}")
+    streams = [_evaluate_predictions(run, loaded, data, split, preds, Path(o), flow_stacks, crops)
+               for run, (loaded, _, preds), o in zip(runs, predicted, stream_outs or [])]
     names = [loaded.recipe.name for loaded, _, _ in predicted]
     metrics = compute_metrics(fused.labels, fused.logits, classes)
     metrics = {"name": "late fusion: " + " + ".join(names), "seed": first.recipe.seed,
                "runs": [str(r) for r in runs], "fusion": "mean of logits", "checkpoint": "best", "data": str(data),
                "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
     _write_evaluation(Path(out), metrics, classes, fused, f"{metrics['name']} on {split}", None)
-    return metrics
+    return {**metrics, "streams": streams} if streams else metrics

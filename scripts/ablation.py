@@ -20,7 +20,6 @@ import argparse
 import csv
 import datetime
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Callable
 from egoattn.data.manifest import read_classes, read_manifest
 from egoattn.data.prepare import PrepareOptions, prepare_dataset
 from egoattn.data.synth import REVERSE_OF, generate_synthetic
-from egoattn.evaluation.compare import aggregate, format_cell, load_run_result, table_csv, table_markdown
+from egoattn.evaluation.compare import aggregate, cell_stat, format_cell, load_run_result, table_csv, table_markdown
 from egoattn.evaluation.evaluate import evaluate_late_fusion, evaluate_run
 from egoattn.fileio import write_text_atomic
 from egoattn.memory import keep_freed_memory
@@ -73,25 +72,25 @@ ROWS = {
 }
 
 
-def reversed_pairs(classes: list[str]) -> dict[str, str]:
-    """class -> its time reverse (take_cup <-> put_cup, open_jar <-> close_jar, ...)."""
+def verb_pairs(classes: list[str], verbs: list[tuple[str, str]]) -> dict[str, str]:
+    """class -> its partner with the other verb of a pair on the same noun, both ways."""
     pairs = {}
-    for reverse, forward in REVERSE_OF.items():
+    for a, b in verbs:
         for c in classes:
             verb, _, noun = c.partition("_")
-            if verb == forward and f"{reverse}_{noun}" in classes:
-                pairs[c], pairs[f"{reverse}_{noun}"] = f"{reverse}_{noun}", c
+            if verb == a and f"{b}_{noun}" in classes:
+                pairs[c], pairs[f"{b}_{noun}"] = f"{b}_{noun}", c
     return pairs
+
+
+def reversed_pairs(classes: list[str]) -> dict[str, str]:
+    """class -> its time reverse (take_cup <-> put_cup, open_jar <-> close_jar, ...)."""
+    return verb_pairs(classes, [(forward, reverse) for reverse, forward in REVERSE_OF.items()])
 
 
 def motion_pairs(classes: list[str]) -> dict[str, str]:
     """stir_x <-> shake_x: one frame cannot tell them apart, only the object's motion can."""
-    pairs = {}
-    for c in classes:
-        verb, _, noun = c.partition("_")
-        if verb == "stir" and f"shake_{noun}" in classes:
-            pairs[c], pairs[f"shake_{noun}"] = f"shake_{noun}", c
-    return pairs
+    return verb_pairs(classes, [("stir", "shake")])
 
 
 def pair_accuracy(predictions_csv: Path, make_pairs: Callable[[list[str]], dict[str, str]] = reversed_pairs) -> float | None:
@@ -111,18 +110,12 @@ def data_description(data: Path) -> str:
     return f"synthetic: train S1, S3, S4 - test S2, {test} clips, {len(read_classes(data / 'classes.txt'))} classes"
 
 
-def stat(values: list[float]) -> dict[str, float | int | None]:
-    """The cell format of egoattn.evaluation.compare: mean, sample std (None for one value), n."""
-    mean = statistics.mean(values)
-    return {"mean": mean, "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
-
-
 def pair_accuracy_table(pair_acc: dict[str, list[float | None]]) -> list[str]:
     """Markdown rows: label | mean ± std (n) | the per-seed values (a run without pair clips is left out)."""
     lines = ["| Row | Pair accuracy | per seed |", "|---|---:|---|"]
     for label, accs in pair_acc.items():
         vals = [a for a in accs if a is not None]
-        lines.append(f"| {label} | {format_cell(stat(vals)) if vals else '–'} | "
+        lines.append(f"| {label} | {format_cell(cell_stat(vals)) if vals else '–'} | "
                      + ", ".join(f"{100 * a:.1f}" for a in vals) + " |")
     return lines
 

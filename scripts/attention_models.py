@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
 
 import ablation  # noqa: E402  (the Row type, run_row, pair_accuracy)
-from ablation import Row, data_description, pair_accuracy, pair_accuracy_table, run_row, stat  # noqa: E402
+from ablation import Row, data_description, pair_accuracy, pair_accuracy_table, run_row  # noqa: E402
 
-from egoattn.evaluation.compare import aggregate, format_cell, load_run_result, table_csv, table_markdown  # noqa: E402
+from egoattn.evaluation.compare import aggregate, cell_stat, format_cell, load_run_result, table_csv, table_markdown  # noqa: E402
 from egoattn.explain.explain import explain_run  # noqa: E402
 from egoattn.fileio import read_json, write_text_atomic  # noqa: E402
 
@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         "| Row | Pointing game | Mass inside mask | Centre prior | per seed |", "|---|---:|---:|---:|---|",
     ]
     for label, scores in pointing.items():
-        lines.append(f"| {label} | {format_cell(stat([s['model'] for s in scores]))} | "
-                     f"{format_cell(stat([s['mass'] for s in scores]))} | "
-                     f"{format_cell(stat([s['prior'] for s in scores]))} | "
+        lines.append(f"| {label} | {format_cell(cell_stat([s['model'] for s in scores]))} | "
+                     f"{format_cell(cell_stat([s['mass'] for s in scores]))} | "
+                     f"{format_cell(cell_stat([s['prior'] for s in scores]))} | "
                      + ", ".join(f"{100 * s['model']:.1f}" for s in scores) + " |")
     lines += ["", "## Rows", "",
               "| Row | Recipe | Overrides | Seconds per seed in this invocation (train + evaluate + explain; "

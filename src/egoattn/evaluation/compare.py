@@ -142,6 +142,12 @@ def _warn_mixed(group: str, runs: Sequence[dict[str, Any]], group_by: str) -> No
         print(f"warning: the runs of group {group!r} differ in more than the seed: {', '.join(differ[:8])}")
 
 
+def cell_stat(values: Sequence[float]) -> dict[str, Any]:
+    """A table cell: mean, sample std (ddof 1; None for one value) and n of a non-empty list."""
+    vals = np.asarray(values, dtype=np.float64)
+    return {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if vals.size > 1 else None, "n": int(vals.size)}
+
+
 def aggregate(results: Sequence[dict[str, Any]], group_by: str = "name") -> list[dict[str, Any]]:
     """Rows (one per group, in order of first appearance) with mean, std and n of every metric."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -153,10 +159,9 @@ def aggregate(results: Sequence[dict[str, Any]], group_by: str = "name") -> list
         _warn_mixed(group, runs, group_by)
         stats = {}
         for key in present:
-            vals = np.array([r["values"][key] for r in runs if key in r["values"]], dtype=np.float64)
-            if vals.size:
-                stats[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
-                              "n": int(vals.size)}
+            vals = [r["values"][key] for r in runs if key in r["values"]]
+            if vals:
+                stats[key] = cell_stat(vals)
         rows.append({"group": group, "n": len(runs), "runs": [r["path"] for r in runs],
                      "seeds": [r["seed"] for r in runs], "metrics": stats, "best": []})
     for key in present:

@@ -53,22 +53,42 @@ class Row:
         return set(self.init.values()) | set(self.fuse)
 
 
+# The demo recipe as it was when ABLATION.md was made: only the fc behind the CAM trains in the backbone
+# (the demo now also fine-tunes the last stage, which the ConvLSTM row does not).
+ATTENTION = (*RGB_160, "model.options.train_last_stage=false", "train.epochs=50", "optim.milestones=[40]",
+             "train.channels_last=false")
+ATTENTION_GROUP = "'input_proj.*', 'convlstm.*', 'classifier.*', 'backbone.fc.*'"
+
+
+def with_ms(kind: str, order: bool = False) -> tuple[str, ...]:
+    """The ConvLSTM-attention row plus SparNet's motion-segmentation head (and SAMSOP's order head):
+    the same recipe, data and schedule, only the self-supervised heads and their losses added."""
+    heads = ", 'ms_head.*'" + (", 'order_head.*'" if order else "")
+    reg = ("model.options.ms_sigmoid=true", "loss.ms_loss=mse") if kind == "reg" else ()  # as cpu_ms_reg
+    return (*ATTENTION, f"model.options.ms_head={kind}", f"loss.ms_kind={kind}", *reg,
+            f"data.modalities=[rgb, motion{', order' if order else ''}]",
+            *(("model.options.order_head=true",) if order else ()),
+            f"params.groups=[{{match: [{ATTENTION_GROUP}{heads}]}}]")
+
+
 ROWS = {
     "frame_average": Row("Frame average", "cpu_frame_average", RGB_160, cache_features=True),
     "convlstm": Row("ConvLSTM", "cpu_convlstm", (*RGB_160, "model.options.input_size=160"), cache_features=True),
-    # The demo recipe as it was when ABLATION.md was made: only the fc behind the CAM trains in the
-    # backbone (the demo now also fine-tunes the last stage, which the ConvLSTM row does not).
     "convlstm_attention": Row("ConvLSTM-attention", "cpu_egornn_cam", (
-        "model.options.train_last_stage=false", "train.epochs=50", "optim.milestones=[40]", "train.channels_last=false",
-        "params.groups=[{match: ['input_proj.*', 'convlstm.*', 'classifier.*', 'backbone.fc.*']}]"),
-        cache_features=True),
+        *ATTENTION, f"params.groups=[{{match: [{ATTENTION_GROUP}]}}]"), cache_features=True),
     "flow": Row("Flow (warp)", "cpu_flow"),
     "twostream_late": Row("Two-stream late fusion", "-", fuse=("convlstm_attention", "flow")),
-    "twostream": Row("Two-stream joint", "cpu_twostream_joint", init={"rgb": "convlstm_attention", "flow": "flow"}),
-    "ms_cls": Row("+ MS classification", "cpu_ms_cls"),
-    "ms_reg": Row("+ MS regression", "cpu_ms_reg"),
-    "ms_order": Row("+ MS + order", "cpu_ms_order"),
-    "two_in_one": Row("Two-in-one", "cpu_two_in_one"),
+    # The RGB stream at the input it was trained on (10 frames at 160 px; the recipe resizes flow to 112 px,
+    # cpu_flow's size, and starts the joint classifier as the two streams' late fusion).
+    "twostream": Row("Two-stream joint", "cpu_twostream_joint", (*RGB_160, "model.options.rgb_options.input_size=160"),
+        init={"rgb": "convlstm_attention", "flow": "flow"}, cache_features=True),
+    "ms_cls": Row("+ MS classification", "cpu_egornn_cam", with_ms("cls"), cache_features=True),
+    "ms_reg": Row("+ MS regression", "cpu_egornn_cam", with_ms("reg"), cache_features=True),
+    "ms_order": Row("+ MS + order", "cpu_egornn_cam", with_ms("cls", order=True), cache_features=True),
+    # Starts from the ConvLSTM-attention run (the motion modulation starts at zero, i.e. as that Ego-RNN)
+    # and trains its recipe's layers 6 epochs: a step runs the whole backbone backward, ~2 min an epoch here.
+    "two_in_one": Row("Two-in-one", "cpu_two_in_one", ("train.epochs=6", "optim.milestones=[4]"),
+                      init={"": "convlstm_attention"}),
 }
 
 

@@ -10,8 +10,9 @@ scripts/ablation.py (time-reversed pairs), and for the models that expose a spat
 
 All rows see the same frames (4 uniformly sampled, 112 px; the cpu_* recipes of these models are made so, and
 the Ego-RNN rows are pinned to it here): a budget that fits three seeds of every row in about an hour of one
-CPU core, since the pose models read keypoints and the motion model flow, so the feature cache cannot serve
-them and their backbones run at every step. The pose attention rows load the pose encoder of the pose-LSTM row
+CPU core. The RGB models train from the feature cache (the motion model's flow backbone runs at every step on
+the stored flow pairs); the pose models read keypoints and have no frame backbone to cache. The pose attention
+rows load the pose encoder of the pose-LSTM row
 of the same seed (`init.from_run.pose_encoder`).
 
 Resumable as scripts/ablation.py: a (row, seed) with a finished evaluation (and pointing game) is skipped.
@@ -58,7 +59,8 @@ ROWS: dict[str, AttentionRow] = {
         *ablation.ROWS["convlstm_attention"].overrides, *FRAMES_112, "model.options.input_size=112", *ONE_CORE),
         cache_features=True), True),
     "videolstm": AttentionRow(Row("VideoLSTM (Conv-ALSTM)", "cpu_videolstm", ONE_CORE, cache_features=True), True),
-    "videolstm_motion": AttentionRow(Row("VideoLSTM motion attention", "cpu_videolstm_motion", ONE_CORE), True),
+    "videolstm_motion": AttentionRow(Row("VideoLSTM motion attention", "cpu_videolstm_motion", ONE_CORE,
+                                         cache_features=True), True),
     "pose_lstm": AttentionRow(Row("Pose LSTM (keypoints only)", "cpu_pose_lstm", ONE_CORE), False),
     "pose_separable": AttentionRow(Row("Pose separable spatio-temporal", "cpu_pose_separable", ONE_CORE,
                                        init={"pose_encoder": "pose_lstm"}), True),

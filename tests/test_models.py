@@ -331,6 +331,11 @@ def test_twostream_joint_and_late():
         avg = 0.5 * (joint.rgb(rgb=rgb)["logits"] + joint.flow(flow=flow)["logits"])
     torch.testing.assert_close(out["logits"], avg)
     assert late.classifier is None
+    joint.classifier_from_streams()  # init.joint_classifier=late_fusion: joint logits = the late fusion's
+    with torch.no_grad():
+        torch.testing.assert_close(joint(rgb=rgb, flow=flow)["logits"], avg)
+    with pytest.raises(ConfigError, match="no joint classifier"):
+        late.classifier_from_streams()
 
     joint.train()
     joint(rgb=rgb, flow=flow)["logits"].sum().backward()

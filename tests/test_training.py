@@ -264,6 +264,49 @@ def test_cache_of_the_trunk_when_the_last_stage_trains(data) -> None:
         check_cacheable(ActionRecognitionTask(early, CLASSES), ["rgb"])
 
 
+def _cached_and_uncached_losses(recipe, data) -> tuple[ActionRecognitionTask, dict, dict]:
+    """Each loss term of the first val batch, uncached and from the cache (training mode, same dropout)."""
+    torch.manual_seed(0)
+    task = ActionRecognitionTask(recipe, CLASSES)
+    dm = make_datamodule(recipe, data, task.model)
+    cached = cache_features(task, dm, torch.device("cpu"))
+    task.train()
+    losses = []
+    for batch in (next(iter(dm.val_dataloader())), next(iter(cached.val_dataloader()))):
+        torch.manual_seed(1)
+        losses.append({k: v.item() for k, v in task.compute_losses(batch)[0].items()})
+    return task, losses[0], losses[1]
+
+
+def test_cache_keeps_the_other_modalities(data) -> None:
+    """A motion-segmentation head trains from cached features and the stored motion maps; a two-stream
+    model caches its RGB stream and a motion-attention VideoLSTM its RGB backbone, both reading the
+    stored flow: each loss term as uncached."""
+    ms = apply_overrides(load_recipe("cpu_ms_cls"), [*TINY, "model.options.dropout=0.5"])
+    _, uncached, cached = _cached_and_uncached_losses(ms, data)
+    assert set(cached) == {"cls", "ms"} and cached["ms"] > 0
+    assert all(abs(cached[k] - uncached[k]) < 1e-5 for k in uncached), (cached, uncached)
+
+    joint = apply_overrides(load_recipe("cpu_twostream_joint"), [
+        *[o.replace("model.options.", "model.options.rgb_options.") for o in TINY if "model.options" in o],
+        *[o for o in TINY if "model.options" not in o], "model.options.rgb_options.weights=bundled"])
+    task, uncached, cached = _cached_and_uncached_losses(joint, data)
+    assert abs(cached["cls"] - uncached["cls"]) < 1e-5, (cached, uncached)
+    # the RGB stream's backbone must be frozen, whatever the stream is called in the model
+    trains_rgb = apply_overrides(joint, ["params.groups=[{match: ['classifier.*', 'rgb.backbone.blocks.6.*']}]"])
+    with pytest.raises(ConfigError, match=r"rgb\.backbone\.blocks\.6"):
+        check_cacheable(ActionRecognitionTask(trains_rgb, CLASSES), ["rgb", "warp"])
+    with pytest.raises(ConfigError, match="loads \\['warp'\\]"):
+        check_cacheable(task, ["warp"])
+
+    # VideoLSTM motion attention: cached RGB features, its flow backbone on the stored flow pairs
+    motion = apply_overrides(load_recipe("cpu_videolstm_motion"), [
+        *[o for o in TINY if "model.options" not in o], "model.options.hidden=16", "model.options.motion_hidden=16",
+        "model.options.input_proj=16", "model.options.attention_channels=16", "model.options.head_channels=16"])
+    _, uncached, cached = _cached_and_uncached_losses(motion, data)
+    assert abs(cached["cls"] - uncached["cls"]) < 1e-5, (cached, uncached)
+
+
 def test_cached_views_are_the_training_pipelines_draws(data) -> None:
     """train.cache_views: view 0 is the test transform, view v what an uncached run loads at epoch v,
     and each epoch reads one view per clip, reproducibly."""
@@ -378,7 +421,8 @@ def test_joint_twostream_from_rgb_and_flow_runs(data, tmp_path) -> None:
     flow = train("cpu_flow", data=data, out=tmp_path / "flow", overrides=[*base, "model.options.in_channels=6"])
     out = train("cpu_twostream_joint", data=data, out=tmp_path / "joint", init={"rgb": rgb, "flow": flow},
                 overrides=[*base, "model.options.rgb_options.hidden=16", "model.options.rgb_options.input_proj=16",
-                           "model.options.rgb_options.input_size=48", "model.options.flow_options.in_channels=6"])
+                           "model.options.rgb_options.input_size=48", "model.options.flow_options.in_channels=6",
+                           "data.flow_size=40"])
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["init"]["from_run"] == {"rgb": str(rgb), "flow": str(flow)}
     # the joint model's frozen parts are still the stage runs' weights

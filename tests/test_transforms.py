@@ -13,6 +13,7 @@ from egoattn.data.transforms import (
     Normalize,
     RandomHorizontalFlip,
     Resize,
+    ResizeFlow,
     ToTensorClip,
     hflip,
     test_transform,
@@ -165,6 +166,22 @@ def test_builders_train_and_test() -> None:
     c = train_transform(32, resize=48)({"rgb": rgb.copy()}, None)
     d = train_transform(32, resize=48)({"rgb": rgb.copy()}, None)
     assert torch.equal(c["rgb"], d["rgb"])
+
+
+def test_flow_size_resizes_the_flow_crop_only() -> None:
+    """data.flow_size: the flow shows the RGB's crop box, at its own side; the other modalities keep theirs."""
+    clip = marker_clip()
+    out = test_transform(40, resize=60, flow_size=20)(clip, None)
+    assert out["rgb"].shape == (T, 3, 40, 40) and out["motion"].shape == (T, 40, 40)
+    assert out["flow_pair"].shape == (T, 2, 20, 20)
+    cropped = CenterCrop(40)(Resize(60)(marker_clip()))
+    expected = ResizeFlow(20)(cropped)["flow_pair"]
+    assert expected.shape == (T, 20, 20, 2)
+    on = expected[0, :, :, 0] > 150  # the marker, at half the RGB crop's coordinates
+    rgb_on = cropped["rgb"][0, :, :, 0] > 127
+    np.testing.assert_allclose(np.array(centroid(on)), (np.array(centroid(rgb_on)) + 0.5) / 2 - 0.5, atol=0.5)
+    same = test_transform(40, resize=60, flow_size=40)(marker_clip(), None)
+    assert same["flow_pair"].shape == (T, 2, 40, 40)
 
 
 def test_center_crop_too_large() -> None:

@@ -252,6 +252,7 @@ class EgoDataModule(L.LightningDataModule):
         flow_test_stacks: int = 1,
         flow_train_start: str = "random",
         flow_train_jitter: int = 0,
+        flow_size: int | None = None,
         short_clip: str = "error",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
@@ -273,6 +274,7 @@ class EgoDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
         self.val, self.val_fraction, self.flow_test_stacks = val, float(val_fraction), int(flow_test_stacks)
         self.flow_train_start, self.flow_train_jitter = flow_train_start, int(flow_train_jitter)
+        self.flow_size = int(flow_size) if flow_size else None
         self.short_clip = short_clip
         self.mean, self.std = tuple(mean), tuple(std)  # the backbone's input normalisation
         self.classes: list[str] = read_classes(self.root / "classes.txt")
@@ -289,7 +291,8 @@ class EgoDataModule(L.LightningDataModule):
         return cls(self.num_frames, short_clip=self.short_clip)  # type: ignore[arg-type]
 
     def _dataset(self, records: list[ClipRecord], train: bool, flow_sampler: FlowStackSampler) -> ClipDataset:
-        transform = (train_transform if train else test_transform)(self.size, self.resize, self.mean, self.std)
+        transform = (train_transform if train else test_transform)(self.size, self.resize, self.mean, self.std,
+                                                                   self.flow_size)
         return ClipDataset(self.root, records, self.classes, self.modalities, self._frame_sampler(), transform,
                            flow_sampler=flow_sampler, seed=self.seed, train=train)
 

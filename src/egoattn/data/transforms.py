@@ -157,6 +157,21 @@ class CenterCrop:
         return crop_resize(clip, (x0, y0, self.size, self.size), (self.size, self.size))
 
 
+@dataclass(frozen=True)
+class ResizeFlow:
+    """Resize the flow modalities (after the crop, so they show the same box) to `size` x `size`: a
+    two-stream model whose flow stream was trained at another input size than its RGB stream."""
+
+    size: int = 224
+
+    def __call__(self, clip: Clip, rng: np.random.Generator | None = None) -> Clip:
+        out = dict(clip)
+        for key in FLOW_KEYS:
+            if key in clip and clip[key].shape[-3:-1] != (self.size, self.size):
+                out[key] = _resize_frames(clip[key], (self.size, self.size), cv2.INTER_LINEAR, gray=False)
+        return out
+
+
 CORNER_POSITIONS = ("c", "tl", "tr", "bl", "br")
 
 
@@ -293,17 +308,20 @@ class Compose:
 
 
 def train_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
-                    std: tuple[float, float, float] = IMAGENET_STD) -> Compose:
+                    std: tuple[float, float, float] = IMAGENET_STD, flow_size: int | None = None) -> Compose:
     """Ego-RNN training augmentation: resize short side, random flip, multi-scale corner crop to
-    `size`, normalise (with the backbone's mean/std), to tensors."""
-    return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size), Normalize(mean, std),
-                    ToTensorClip()))
+    `size` (flow then to `flow_size`, if given), normalise (with the backbone's mean/std), to tensors."""
+    flow = (ResizeFlow(flow_size),) if flow_size and flow_size != size else ()
+    return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size), *flow,
+                    Normalize(mean, std), ToTensorClip()))
 
 
 def test_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
-                   std: tuple[float, float, float] = IMAGENET_STD) -> Compose:
-    """Ego-RNN test pre-processing: resize short side, centre crop `size`, normalise, to tensors."""
-    return Compose((Resize(resize), CenterCrop(size), Normalize(mean, std), ToTensorClip()))
+                   std: tuple[float, float, float] = IMAGENET_STD, flow_size: int | None = None) -> Compose:
+    """Ego-RNN test pre-processing: resize short side, centre crop `size` (flow then to `flow_size`, if
+    given), normalise, to tensors."""
+    flow = (ResizeFlow(flow_size),) if flow_size and flow_size != size else ()
+    return Compose((Resize(resize), CenterCrop(size), *flow, Normalize(mean, std), ToTensorClip()))
 
 
 test_transform.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported

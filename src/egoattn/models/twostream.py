@@ -38,6 +38,17 @@ class TwoStream(nn.Module):
         else:
             self.classifier = None
 
+    @torch.no_grad()
+    def classifier_from_streams(self) -> None:
+        """Joint classifier = the late fusion of the streams' own: weight [W_flow, W_rgb] / 2, bias
+        (b_flow + b_rgb) / 2, so (in eval mode) its logits equal the mean of the two streams' logits and
+        joint training starts from the late-fusion accuracy instead of chance."""
+        if self.classifier is None:
+            raise ConfigError("classifier_from_streams: a late-fusion model has no joint classifier")
+        joint, rgb, flow = self.classifier[-1], self.rgb.classifier[-1], self.flow.classifier[-1]
+        joint.weight.copy_(0.5 * torch.cat([flow.weight, rgb.weight], dim=1))
+        joint.bias.copy_(0.5 * (flow.bias + rgb.bias))
+
     def encode_frames(self, rgb: Tensor) -> dict[str, Tensor]:
         return self.rgb.encode_frames(rgb)
 

@@ -190,17 +190,27 @@ class MotionVideoLSTM(nn.Module):
             m = torch.cat([torch.zeros_like(m[:, :1]), m[:, :-1]], dim=1)
         return m
 
-    def forward(self, rgb: Tensor, flow_pair: Tensor | None = None, flow: Tensor | None = None
-                ) -> dict[str, Tensor]:
+    def encode_frames(self, rgb: Tensor) -> dict[str, Tensor]:
+        """The frozen RGB part (cacheable): the backbone's feature map of every frame, ``f_bn`` (B, T, C, h, w).
+        The flow backbone is frozen too but runs at every step on the clip's (stored) flow."""
+        check_frames(rgb, "rgb", self.backbone.in_channels)
+        return {"f_bn": split_time(self.backbone(rgb.flatten(0, 1))["f_bn"], rgb.shape[0])}
+
+    def forward(self, rgb: Tensor | None = None, flow_pair: Tensor | None = None, flow: Tensor | None = None,
+                frame_features: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         motion_input = flow_pair if self.flow_key == "flow_pair" else flow
         if motion_input is None:
             raise ValueError(f"this model needs {self.flow_key}= (flow backbone with "
                              f"{self.flow_backbone.in_channels} channels)")
-        check_frames(rgb, "rgb", self.backbone.in_channels)
-        if motion_input.shape[:2] != rgb.shape[:2]:
+        if (rgb is None) == (frame_features is None):
+            raise ValueError("pass exactly one of rgb= or frame_features=")
+        if frame_features is None:
+            frame_features = self.encode_frames(rgb)
+        f = frame_features["f_bn"]
+        if motion_input.shape[:2] != f.shape[:2]:
             raise ValueError(f"{self.flow_key} {tuple(motion_input.shape)} needs one entry per rgb frame "
-                             f"{tuple(rgb.shape)} (same B and T)")
-        x = split_time(self.input_proj(self.backbone(rgb.flatten(0, 1))["f_bn"]), rgb.shape[0])
+                             f"(B, T = {tuple(f.shape[:2])})")
+        x = split_time(self.input_proj(f.flatten(0, 1)), f.shape[0])
         drive = self.motion_states(motion_input)
         if drive.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"flow features {tuple(drive.shape[-2:])} and rgb features {tuple(x.shape[-2:])} "

@@ -41,6 +41,9 @@ class DataSection(_Section):
     size: int = Field(224, ge=8)  # crop side fed to the network
     resize: int = Field(256, ge=8)  # short side before cropping
     flow_stack: int = Field(5, ge=1)  # flow frames per stack (10 channels = 5 x/y pairs)
+    # The flow modalities' side when it differs from `size` (same crop box, resized): a two-stream model
+    # initialised from streams trained at different sizes sees each at its own.
+    flow_size: Optional[int] = Field(None, ge=8)
     # Where the training flow stack starts: "random" anywhere in the clip (the references), "centre" at
     # the test-time centred start +- flow_train_jitter flows (short clips whose phases differ in meaning).
     flow_train_start: Literal["random", "centre"] = "random"
@@ -105,6 +108,9 @@ class InitSection(_Section):
     # Which earlier runs' best checkpoints load into which submodule: {"": run} loads the whole model,
     # {"rgb": run1, "flow": run2} loads model.rgb and model.flow (joint two-stream).
     from_run: dict[str, str] = Field(default_factory=dict)
+    # Joint two-stream: the new classifier starts "random" (the paper) or as the "late_fusion" of the two
+    # loaded streams' classifiers (TwoStream.classifier_from_streams), so training starts from their accuracy.
+    joint_classifier: Literal["random", "late_fusion"] = "random"
 
 
 class Recipe(_Section):

@@ -5,7 +5,9 @@ average baseline), the backbone's per-frame output is a fixed function of the fr
 once per clip and training the ConvLSTM / classifier from the cache gives the same loss as running
 it at every step, at a fraction of the cost - on a CPU the backbone is almost all of a step.
 When only the backbone's last stage trains (Ego-RNN stage 2, model option `train_last_stage`), the
-cache holds the frozen trunk's output and the last stage runs at every step.
+cache holds the frozen trunk's output and the last stage runs at every step. The clip's other
+modalities (motion maps for a motion-segmentation head, warp flow for a two-stream model's flow stream,
+order frames) are stored with it as loaded, from the same view, and read at every step.
 
 Augmentation: by default the cache holds ONE view per training clip, made with the deterministic
 test transform (resize, centre crop, no flip), so a cached run trains on fixed views (more
@@ -26,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from rich.progress import Progress
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from egoattn.data.dataset import ClipDataset, EgoDataModule
@@ -33,35 +36,44 @@ from egoattn.errors import ConfigError
 from egoattn.training.task import ActionRecognitionTask
 
 
+def frame_encoder(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module whose frames are cached and its parameter-name prefix: a two-stream model caches its
+    RGB stream (``model.rgb``); the flow stream reads its (stored) input at every step."""
+    rgb = getattr(model, "rgb", None)
+    return (rgb, "rgb.") if isinstance(rgb, nn.Module) and hasattr(rgb, "encode_frames") else (model, "")
+
+
 def check_cacheable(task: ActionRecognitionTask, modalities: list[str] | tuple[str, ...]) -> None:
     """ConfigError unless the model's `encode_frames` is frozen: no gradient, no train-mode module."""
     model, name = task.model, task.recipe.model.name
     if not hasattr(model, "encode_frames"):
         raise ConfigError(f"--cache-features: model {name!r} has no encode_frames (no frozen backbone to cache)")
-    if set(modalities) != {"rgb"}:
-        raise ConfigError(f"--cache-features caches rgb frames only; this recipe also loads {sorted(set(modalities) - {'rgb'})}")
+    if "rgb" not in modalities:
+        raise ConfigError(f"--cache-features caches the features of rgb frames; this recipe loads {sorted(modalities)}")
+    encoder, prefix = frame_encoder(model)
     task.train()
-    backbone = getattr(model, "backbone", None)
+    backbone = getattr(encoder, "backbone", None)
     if backbone is not None and backbone.training:
-        raise ConfigError("--cache-features: the backbone is not in params.eval_modules, so its BatchNorm "
+        raise ConfigError(f"--cache-features: {prefix}backbone is not in params.eval_modules, so its BatchNorm "
                           "statistics and dropout would change during training")
     # The ImageNet fc may train (Ego-RNN stage 2's CAM): attention is computed from the *current* fc
     # on the cached f_bn. With `train_last_stage` the cache holds the trunk before the last stage, which
     # then runs (and may train) at every step; everything before it has to be frozen.
-    last_stage_runs = bool(getattr(model, "train_last_stage", False))
-    trainable = [n for n, p in model.named_parameters()
+    last_stage_runs = bool(getattr(encoder, "train_last_stage", False))
+    trainable = [n for n, p in encoder.named_parameters()
                  if p.requires_grad and n.startswith("backbone.") and not n.startswith("backbone.fc.")
                  and not (last_stage_runs and backbone.in_last_stage(n[len("backbone."):]))]
     if trainable:
         hint = "" if last_stage_runs else " (model option train_last_stage=true caches only the frozen trunk)"
         raise ConfigError(f"--cache-features needs a frozen backbone, but these backbone parameters train: "
-                          f"{trainable[:4]}{' ...' if len(trainable) > 4 else ''}{hint}")
+                          f"{[prefix + n for n in trainable[:4]]}{' ...' if len(trainable) > 4 else ''}{hint}")
 
 
 @torch.no_grad()
 def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size: int,
                    device: torch.device, description: str = "caching features") -> list[dict[str, Any]]:
-    """One item per clip: {"frame_features": {key: (T, ...) float32}, "label", "clip_id"}."""
+    """One item per clip: {"frame_features": {key: (T, ...) float32}} and the rest of the loader's item as
+    loaded (label, clip_id, and other modalities: motion maps, flow, order frames - read at every step)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     model = task.model
     was_training = task.training
@@ -73,11 +85,10 @@ def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size
         for batch in loader:
             features = model.encode_frames(batch["rgb"].to(device))
             for i in range(batch["rgb"].shape[0]):
-                items.append({
-                    "frame_features": {k: v[i].float().cpu().clone() for k, v in features.items()},
-                    "label": int(batch["label"][i]),
-                    "clip_id": batch["clip_id"][i],
-                })
+                item = {k: v[i].clone() if isinstance(v, torch.Tensor) else v[i]
+                        for k, v in batch.items() if k != "rgb"}
+                item["frame_features"] = {k: v[i].float().cpu().clone() for k, v in features.items()}
+                items.append(item)
             progress.advance(bar, batch["rgb"].shape[0])
     task.train(was_training)
     return items

@@ -155,6 +155,12 @@ def load_init_weights(model: nn.Module, recipe: Recipe, classes: list[str]) -> N
         where = f"model.{prefix}" if prefix else "model"
         console.print(f"init: {where} <- {path} ({len(common)} tensors)"
                       + (f"; fresh: {', '.join(fresh[:6])}" if fresh else ""))
+    if recipe.init.joint_classifier == "late_fusion":
+        if not hasattr(model, "classifier_from_streams") or set(recipe.init.from_run) != {"rgb", "flow"}:
+            raise ConfigError("init.joint_classifier=late_fusion needs a two-stream model and "
+                              "init.from_run.rgb / init.from_run.flow")
+        model.classifier_from_streams()
+        console.print("init: model.classifier <- the late fusion of model.rgb's and model.flow's classifiers")
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ def make_datamodule(recipe: Recipe, data: str | Path, model: nn.Module, split: s
         size=d.size, resize=d.resize, flow_stack=d.flow_stack, batch_size=batch_size or d.batch_size,
         num_workers=d.num_workers, seed=recipe.seed, val=val or d.val, val_fraction=d.val_fraction,
         flow_test_stacks=flow_test_stacks, flow_train_start=d.flow_train_start,
-        flow_train_jitter=d.flow_train_jitter,
+        flow_train_jitter=d.flow_train_jitter, flow_size=d.flow_size,
     )
     norm = input_normalisation(model)
     if norm is not None:

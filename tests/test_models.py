@@ -348,13 +348,10 @@ def test_twostream_joint_and_late():
 # ------------------------------------------------------------------------------------------ two-in-one
 
 
-def test_two_in_one_with_zero_modulation_is_plain_egornn():
+def test_two_in_one_starts_as_plain_egornn():
+    """The modulation's last convolutions start at zero: a fresh two-in-one is the Ego-RNN it loads."""
     tio = create_model("two_in_one", 3, **SMALL).eval()
     _nudge_batchnorm(tio)
-    with torch.no_grad():
-        for conv in (tio.motion_modulation.scale_conv1, tio.motion_modulation.shift_conv1):
-            conv.weight.zero_()
-            conv.bias.zero_()
     ego = create_model("egornn", 3, **SMALL).eval()
     ego.load_state_dict({k: v for k, v in tio.state_dict().items() if not k.startswith("motion_")})
     rgb, flow_pair = torch.randn(2, 2, 3, 64, 64), torch.randn(2, 2, 2, 64, 64)
@@ -372,6 +369,13 @@ def test_two_in_one_modulation_matches_conv1_resolution(size):
     conv1 = tio.backbone.conv1(rgb[0])
     assert feats["scale"].shape[1:] == (2, *conv1.shape[1:])
     assert feats["scale"].shape[-1] == -(-size // 2)
+    tio(rgb=rgb, flow_pair=flow_pair)["logits"].sum().backward()  # from the zero start, the last convs learn
+    for name in ("motion_modulation.scale_conv1.weight", "motion_modulation.shift_conv1.weight"):
+        assert tio.get_parameter(name).grad.abs().sum() > 0, name
+    with torch.no_grad():  # as after some training: a non-zero modulation passes gradient to the condition
+        for conv in (tio.motion_modulation.scale_conv1, tio.motion_modulation.shift_conv1):
+            conv.weight.normal_(0, 0.01)
+    tio.zero_grad()
     out = tio(rgb=rgb, flow_pair=flow_pair)
     out["logits"].sum().backward()
     for name in ("motion_condition.0.weight", "motion_modulation.scale_conv1.weight",

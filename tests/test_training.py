@@ -264,6 +264,29 @@ def test_cache_of_the_trunk_when_the_last_stage_trains(data) -> None:
         check_cacheable(ActionRecognitionTask(early, CLASSES), ["rgb"])
 
 
+def test_frozen_modules_stay_in_eval_mode_while_lightning_trains(data) -> None:
+    """Lightning keeps the modes a module has when fit starts: the task applies params.eval_modules itself,
+    so an uncached run's frozen backbone does not train its BatchNorm statistics."""
+    import lightning as L
+
+    recipe = apply_overrides(load_recipe("cpu_egornn"), [*TINY, "train.epochs=2"])
+    task = ActionRecognitionTask(recipe, CLASSES)
+    assert task.model.backbone.training  # a fresh module is in train mode
+    running_mean = task.model.backbone.bn1.running_mean.clone()
+    modes = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            modes.append((pl_module.model.backbone.bn1.training, pl_module.model.classifier.training))
+
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[Spy()])
+    trainer.fit(task, datamodule=make_datamodule(recipe, data, task.model))
+    assert len(modes) == 6 and set(modes) == {(False, True)}, modes  # both epochs, after validation too
+    assert torch.equal(task.model.backbone.bn1.running_mean, running_mean)
+
+
 def _cached_and_uncached_losses(recipe, data) -> tuple[ActionRecognitionTask, dict, dict]:
     """Each loss term of the first val batch, uncached and from the cache (training mode, same dropout)."""
     torch.manual_seed(0)

@@ -82,6 +82,12 @@ class ActionRecognitionTask(L.LightningModule):
                     module.eval()
         return self
 
+    def on_train_start(self) -> None:
+        """Lightning (>= 2.2) keeps the modes the modules have when fit starts and never calls `train()`,
+        so a freshly built task would train with its frozen backbone in train mode (BatchNorm on batch
+        statistics, running statistics drifting, dropout on). Apply the eval_modules here."""
+        self.train()
+
     # --- the step ---------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -307,21 +307,24 @@ class Compose:
         return clip
 
 
+def _flow_resize(size: int, flow_size: int | None) -> tuple[ResizeFlow, ...]:
+    return (ResizeFlow(flow_size),) if flow_size and flow_size != size else ()
+
+
 def train_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
                     std: tuple[float, float, float] = IMAGENET_STD, flow_size: int | None = None) -> Compose:
     """Ego-RNN training augmentation: resize short side, random flip, multi-scale corner crop to
     `size` (flow then to `flow_size`, if given), normalise (with the backbone's mean/std), to tensors."""
-    flow = (ResizeFlow(flow_size),) if flow_size and flow_size != size else ()
-    return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size), *flow,
-                    Normalize(mean, std), ToTensorClip()))
+    return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size),
+                    *_flow_resize(size, flow_size), Normalize(mean, std), ToTensorClip()))
 
 
 def test_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
                    std: tuple[float, float, float] = IMAGENET_STD, flow_size: int | None = None) -> Compose:
     """Ego-RNN test pre-processing: resize short side, centre crop `size` (flow then to `flow_size`, if
     given), normalise, to tensors."""
-    flow = (ResizeFlow(flow_size),) if flow_size and flow_size != size else ()
-    return Compose((Resize(resize), CenterCrop(size), *flow, Normalize(mean, std), ToTensorClip()))
+    return Compose((Resize(resize), CenterCrop(size), *_flow_resize(size, flow_size), Normalize(mean, std),
+                    ToTensorClip()))
 
 
 test_transform.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported

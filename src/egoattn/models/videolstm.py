@@ -110,6 +110,12 @@ class StepHead(nn.Module):
         return (step.sum(dim=1) if self.aggregate == "sum" else step.mean(dim=1)), step
 
 
+def frame_feature_maps(backbone: Backbone, rgb: Tensor) -> dict[str, Tensor]:
+    """``f_bn`` (B, T, C, h, w) of every frame of ``rgb`` (B, T, 3, H, W): both VideoLSTMs' cacheable part."""
+    check_frames(rgb, "rgb", backbone.in_channels)
+    return {"f_bn": split_time(backbone(rgb.flatten(0, 1))["f_bn"], rgb.shape[0])}
+
+
 def _proj(channels: int, out: int | None) -> nn.Module:
     return nn.Conv2d(channels, out, kernel_size=1) if out else nn.Identity()
 
@@ -131,8 +137,7 @@ class VideoLSTM(nn.Module):
 
     def encode_frames(self, rgb: Tensor) -> dict[str, Tensor]:
         """The frozen part: the backbone's feature map of every frame, ``f_bn`` (B, T, C, h, w)."""
-        check_frames(rgb, "rgb", self.backbone.in_channels)
-        return {"f_bn": split_time(self.backbone(rgb.flatten(0, 1))["f_bn"], rgb.shape[0])}
+        return frame_feature_maps(self.backbone, rgb)
 
     def forward(self, rgb: Tensor | None = None, frame_features: dict[str, Tensor] | None = None
                 ) -> dict[str, Tensor]:
@@ -193,8 +198,7 @@ class MotionVideoLSTM(nn.Module):
     def encode_frames(self, rgb: Tensor) -> dict[str, Tensor]:
         """The frozen RGB part (cacheable): the backbone's feature map of every frame, ``f_bn`` (B, T, C, h, w).
         The flow backbone is frozen too but runs at every step on the clip's (stored) flow."""
-        check_frames(rgb, "rgb", self.backbone.in_channels)
-        return {"f_bn": split_time(self.backbone(rgb.flatten(0, 1))["f_bn"], rgb.shape[0])}
+        return frame_feature_maps(self.backbone, rgb)
 
     def forward(self, rgb: Tensor | None = None, flow_pair: Tensor | None = None, flow: Tensor | None = None,
                 frame_features: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -60,17 +60,6 @@ ATTENTION = (*RGB_160, "model.options.train_last_stage=false", "train.epochs=50"
 ATTENTION_GROUP = "'input_proj.*', 'convlstm.*', 'classifier.*', 'backbone.fc.*'"
 
 
-def with_ms(kind: str, order: bool = False) -> tuple[str, ...]:
-    """The ConvLSTM-attention row plus SparNet's motion-segmentation head (and SAMSOP's order head):
-    the same recipe, data and schedule, only the self-supervised heads and their losses added."""
-    heads = ", 'ms_head.*'" + (", 'order_head.*'" if order else "")
-    reg = ("model.options.ms_sigmoid=true", "loss.ms_loss=mse") if kind == "reg" else ()  # as cpu_ms_reg
-    return (*ATTENTION, f"model.options.ms_head={kind}", f"loss.ms_kind={kind}", *reg,
-            f"data.modalities=[rgb, motion{', order' if order else ''}]",
-            *(("model.options.order_head=true",) if order else ()),
-            f"params.groups=[{{match: [{ATTENTION_GROUP}{heads}]}}]")
-
-
 ROWS = {
     "frame_average": Row("Frame average", "cpu_frame_average", RGB_160, cache_features=True),
     "convlstm": Row("ConvLSTM", "cpu_convlstm", (*RGB_160, "model.options.input_size=160"), cache_features=True),
@@ -82,9 +71,13 @@ ROWS = {
     # cpu_flow's size, and starts the joint classifier as the two streams' late fusion).
     "twostream": Row("Two-stream joint", "cpu_twostream_joint", (*RGB_160, "model.options.rgb_options.input_size=160"),
         init={"rgb": "convlstm_attention", "flow": "flow"}, cache_features=True),
-    "ms_cls": Row("+ MS classification", "cpu_egornn_cam", with_ms("cls"), cache_features=True),
-    "ms_reg": Row("+ MS regression", "cpu_egornn_cam", with_ms("reg"), cache_features=True),
-    "ms_order": Row("+ MS + order", "cpu_egornn_cam", with_ms("cls", order=True), cache_features=True),
+    # SparNet / SAMSOP add their self-supervised heads in stage 2, where the backbone's last stage trains
+    # (on a frozen backbone their losses cannot change the classifier's input). Their base row is the CPU
+    # stage 2, the demo's RGB recipe; each MS recipe is that recipe plus its heads and losses.
+    "stage2": Row("ConvLSTM-attention, last stage fine-tuned", "cpu_egornn_cam", cache_features=True),
+    "ms_cls": Row("+ MS classification", "cpu_ms_cls", cache_features=True),
+    "ms_reg": Row("+ MS regression", "cpu_ms_reg", cache_features=True),
+    "ms_order": Row("+ MS + order", "cpu_ms_order", cache_features=True),
     # A fine-tuning stage of the ConvLSTM-attention run, on its frames (10 uniformly sampled at 160 px, not
     # the recipe's 8 consecutive at 112: that run falls from 55 % to 8 % of its validation clips on those).
     # The modulation starts at zero, i.e. as that run; the new motion layers train at 1e-3, the loaded

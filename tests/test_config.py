@@ -144,6 +144,9 @@ STAGE1 = _head("convlstm.", "classifier.")
 STAGE2 = lambda n: STAGE1(n) or bool(RESNET_L4_CONV.fullmatch(n)) or n.startswith("backbone.fc.")  # noqa: E731
 CPU_STAGE1 = _head("input_proj.", "convlstm.", "classifier.")
 CPU_STAGE2 = _head("input_proj.", "convlstm.", "classifier.", "backbone.fc.")
+# The CPU stage 2 of EfficientNet-Lite0 (cpu_egornn_cam): also its last stage, blocks 5-6 and the conv head.
+CPU_LAST_STAGE = _head("input_proj.", "convlstm.", "classifier.", "backbone.fc.", "backbone.blocks.5.",
+                       "backbone.blocks.6.", "backbone.conv_head.", "backbone.bn2.")
 
 EXPECTED_TRAINABLE: dict[str, Callable[[str], bool]] = {
     "egornn_rgb_stage1": STAGE1,
@@ -161,11 +164,10 @@ EXPECTED_TRAINABLE: dict[str, Callable[[str], bool]] = {
     "cpu_frame_average": _head("classifier."),
     "cpu_convlstm": CPU_STAGE1,
     "cpu_egornn": CPU_STAGE1,
-    "cpu_egornn_cam": _head("input_proj.", "convlstm.", "classifier.", "backbone.fc.", "backbone.blocks.5.",
-                            "backbone.blocks.6.", "backbone.conv_head.", "backbone.bn2."),
-    "cpu_ms_cls": lambda n: CPU_STAGE2(n) or n.startswith("ms_head."),
-    "cpu_ms_reg": lambda n: CPU_STAGE2(n) or n.startswith("ms_head."),
-    "cpu_ms_order": lambda n: CPU_STAGE2(n) or n.startswith(("ms_head.", "order_head.")),
+    "cpu_egornn_cam": CPU_LAST_STAGE,
+    "cpu_ms_cls": lambda n: CPU_LAST_STAGE(n) or n.startswith("ms_head."),
+    "cpu_ms_reg": lambda n: CPU_LAST_STAGE(n) or n.startswith("ms_head."),
+    "cpu_ms_order": lambda n: CPU_LAST_STAGE(n) or n.startswith(("ms_head.", "order_head.")),
     "cpu_two_in_one": lambda n: CPU_STAGE2(n) or n.startswith(("motion_condition.", "motion_modulation.")),
     "cpu_flow": lambda n: True,
     "cpu_twostream_joint": _head("classifier.", "rgb.input_proj.", "rgb.convlstm.", "rgb.backbone.fc.",

@@ -419,6 +419,25 @@ def test_ms_and_order_losses_are_added_with_their_weights(data) -> None:
         torch.nn.functional.cross_entropy(out["order_logits"], batch["order_label"]).item(), rel=1e-6)
 
 
+def test_ms_and_order_losses_reach_the_fine_tuned_last_stage(data) -> None:
+    """The self-supervised losses are useful only through the features they change: in the CPU stage-2
+    recipes each of them alone sends gradient into the backbone's trainable last stage (and nowhere
+    into its frozen trunk), so it can change what the classifier sees."""
+    recipe = apply_overrides(load_recipe("cpu_ms_order"), TINY)
+    task = ActionRecognitionTask(recipe, CLASSES)
+    batch = next(iter(make_datamodule(recipe, data, task.model).val_dataloader()))
+    task.train()
+    named = dict(task.model.named_parameters())
+    for term in ("ms", "order"):
+        task.model.zero_grad(set_to_none=True)
+        losses, _ = task.compute_losses(batch)
+        losses[term].backward()
+        reached = {n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert any(n.startswith("backbone.blocks.6.") for n in reached), (term, sorted(reached))
+        assert not any(n.startswith(("backbone.blocks.0.", "backbone.conv_stem.")) for n in reached), term
+        assert not any(n.startswith(("classifier.", "convlstm.")) for n in reached), term
+
+
 CPU_RECIPES = ["cpu_frame_average", "cpu_convlstm", "cpu_egornn", "cpu_flow", "cpu_ms_cls", "cpu_ms_reg",
                "cpu_ms_order", "cpu_two_in_one"]
 

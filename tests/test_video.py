@@ -39,6 +39,18 @@ def test_probe_real_clips(name, frames, fps, width, height, codec):
 
 
 @needs_real
+@pytest.mark.parametrize("name", ["demo.mp4", "test.avi"])
+def test_one_conversion_context_gives_pyav_s_rgb_bit_for_bit(name):
+    """iter_frames keeps one swscale context for the stream (cheaper than PyAV's one per frame): the
+    frames must be those of frame.to_ndarray(format="rgb24")."""
+    with av.open(str(REAL / name)) as container:
+        expected = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    got = list(iter_frames(REAL / name))
+    assert len(got) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+@needs_real
 def test_ranges_and_indices_agree():
     path = REAL / "test.avi"
     ranged = np.stack(list(iter_frames(path, start=10, end=15)))

@@ -73,6 +73,21 @@ def _fps(stream: av.video.stream.VideoStream) -> float:
     return 0.0
 
 
+class _ToRGB:
+    """Decoded frame -> RGB uint8 (H, W, 3) through one swscale context kept for the whole video.
+
+    `frame.to_ndarray(format="rgb24")` builds a new conversion context for every frame (PyAV keeps one
+    per frame object), which cost more than decoding the frame (0.45 against 0.37 ms at 340x256); one
+    `VideoReformatter` for the whole stream reuses its context, with the same output to the bit.
+    """
+
+    def __init__(self) -> None:
+        self._reformatter = av.video.reformatter.VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def _decode(container: av.container.InputContainer, stream, path: Path) -> Iterator[av.VideoFrame]:
     """Decoded frames in order; decoder errors become BadInputError with the count so far."""
     n = 0
@@ -132,12 +147,13 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None) -> Ite
     with _open(path) as container:
         stream = _stream(container)
         declared = int(stream.frames or 0)
+        to_rgb = _ToRGB()
         n = 0
         for frame in _decode(container, stream, path):
             if end is not None and n >= end:
                 return
             if n >= start:
-                yield frame.to_ndarray(format="rgb24")
+                yield to_rgb(frame)
             n += 1
     if n == 0:
         raise BadInputError(path, "no decodable video frame")
@@ -168,9 +184,10 @@ def read_frames(path: str | Path, indices: Sequence[int] | None = None) -> np.nd
     with _open(path) as container:
         stream = _stream(container)
         declared = int(stream.frames or 0)
+        to_rgb = _ToRGB()
         for frame in _decode(container, stream, path):
             if n in wanted:
-                got[n] = frame.to_ndarray(format="rgb24")
+                got[n] = to_rgb(frame)
             n += 1
             if n > last:
                 break

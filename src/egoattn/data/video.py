@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from egoattn.errors import BadInputError
 from egoattn.fileio import atomic_path
@@ -82,7 +83,7 @@ class _ToRGB:
     """
 
     def __init__(self) -> None:
-        self._reformatter = av.video.reformatter.VideoReformatter()
+        self._reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         return self._reformatter.reformat(frame, format="rgb24").to_ndarray()

@@ -282,7 +282,7 @@ def input_pipeline(sz: Sizes, device: torch.device, tmp: Path) -> tuple[Section,
     # batches (32 clips) would time mostly that restart, not the clips/s of an epoch of real length.
     s.add("dataset", sz.data_clips, "clips", f"{sz.data_frames} frames of 171x128 JPEG in clip zips; recipe "
           f"'{recipe.name}': {d.num_frames} frames at {d.size}px, batch {d.batch_size}, {d.num_workers} workers, "
-          f"{len(dm.train_set)} training clips an epoch")  # type: ignore[arg-type]
+          f"{len(dm.train_set)} training clips an epoch; batches uint8, normalised on the device in the step")  # type: ignore[arg-type]
     loader = dm.train_dataloader()
     rate, batch = loader_rate(loader, sz.loader_min_clips, sz.budget)
     del loader
@@ -296,6 +296,7 @@ def input_pipeline(sz: Sizes, device: torch.device, tmp: Path) -> tuple[Section,
 
     def step(b: dict[str, Any]) -> None:
         opt.zero_grad(set_to_none=True)
+        b = dm.normalize(b)  # the uint8 batch -> float32 inputs on the device: part of what a step costs
         with autocast(device, dtype):
             losses, _ = task.compute_losses(b)
         task.total_loss(losses).backward()
@@ -305,16 +306,13 @@ def input_pipeline(sz: Sizes, device: torch.device, tmp: Path) -> tuple[Section,
     t_step = best_time(lambda: step(batch), device, repeat=3, budget=sz.budget)
     s.add("training step consumes", n / t_step, "clips/s", f"{t_step:.3f} s per step of {n} clips, uncached")
     with torch.no_grad():
-        feats = task.model.encode_frames(batch["rgb"])
+        feats = task.model.encode_frames(dm.normalize(batch)["rgb"])
     cached = {"frame_features": feats, "label": batch["label"]}
     t_cached = best_time(lambda: step(cached), device, repeat=3, budget=sz.budget)
     s.add("cached training step consumes", n / t_cached, "clips/s", "from the feature cache (epochs 2+ of --cache-features)")
 
     # (b) the reference loader: PNG per frame with PIL, same sampler, crop, batch and workers.
-    norm = dm.train_set.transform.transforms  # type: ignore[union-attr]
-    mean = next(t.mean for t in norm if hasattr(t, "mean"))
-    std = next(t.std for t in norm if hasattr(t, "std"))
-    png_set = PngClips(root, dm.train_set.records, classes, d.num_frames, d.size, d.resize, mean, std)  # type: ignore[union-attr]
+    png_set = PngClips(root, dm.train_set.records, classes, d.num_frames, d.size, d.resize, dm.mean, dm.std)  # type: ignore[union-attr]
     png_loader = DataLoader(png_set, batch_size=d.batch_size, shuffle=True, num_workers=d.num_workers,
                             persistent_workers=d.num_workers > 0,
                             worker_init_fn=one_thread_per_worker if d.num_workers > 0 else None,

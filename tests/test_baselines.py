@@ -194,7 +194,7 @@ def test_metrics_json_has_the_schema_of_evaluate(dataset: Path, tmp_path: Path, 
     fake = types.ModuleType("egoattn.training.run")
     fake.load_run = lambda run, which="best": SimpleNamespace(
         model=_TinyModel(), recipe=load_recipe("cpu_egornn"), classes=classes, run_dir=Path(run))
-    batch = {"rgb": torch.randn(3, 1, 3, 4, 4), "label": torch.tensor([0, 1, 2]), "clip_id": ["a", "b", "c"]}
+    batch = {"rgb": torch.randint(0, 256, (3, 1, 3, 4, 4), dtype=torch.uint8), "label": torch.tensor([0, 1, 2]), "clip_id": ["a", "b", "c"]}
     fake.make_eval_loader = lambda loaded, data, split: [batch]
     monkeypatch.setitem(sys.modules, "egoattn.training.run", fake)
     run_dir = tmp_path / "run"

@@ -71,7 +71,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return r
 
 
-RAW = Compose((Normalize(), ToTensorClip()))  # no spatial change: pixel values can be decoded exactly
+RAW = Compose((ToTensorClip(), Normalize()))  # no spatial change: pixel values can be decoded exactly
 
 
 def raw_u8(x: torch.Tensor) -> np.ndarray:
@@ -246,6 +246,11 @@ def test_datamodule(root: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["rgb"].shape == (4, 4, 3, 16, 16) and batch["flow"].shape == (4, 1, 10, 16, 16)
     assert batch["label"].dtype == torch.int64 and batch["label"].shape == (4,)
+    # uint8 out of the loader; normalised with the DataModule's mean/std once on the device
+    assert batch["rgb"].dtype == batch["flow"].dtype == torch.uint8
+    on_device = dm.on_after_batch_transfer(batch, 0)
+    assert on_device["rgb"].dtype == on_device["flow"].dtype == torch.float32
+    assert torch.equal(on_device["rgb"], Normalize(dm.mean, dm.std)(batch)["rgb"])
     loader = dm.test_dataloader()
     assert not loader.drop_last and len(loader) == 1 and len(loader.dataset) == 3
 
@@ -271,6 +276,7 @@ def test_lightning_sets_the_epoch_each_epoch(root: Path) -> None:
             self.lin = torch.nn.Linear(3, len(CLASSES))
 
         def training_step(self, batch: dict, _: int) -> torch.Tensor:
+            assert batch["rgb"].dtype == torch.float32  # Lightning ran the DataModule's on_after_batch_transfer
             seen.append((self.current_epoch, dm.train_set.epoch, tuple(batch["clip_id"])))
             logits = self.lin(batch["rgb"].mean(dim=(1, 3, 4)))
             return torch.nn.functional.cross_entropy(logits, batch["label"])
@@ -299,7 +305,7 @@ def _training_flow_starts(recipe_overrides: list[str], root: Path, epochs: int =
     for epoch in range(epochs):
         ds.set_epoch(epoch)
         for i, rec in enumerate(ds.records):
-            y = raw_u8(ds[i]["warp"][0, 1, 0, 0])
+            y = int(ds[i]["warp"][0, 1, 0, 0])  # the loader's stored uint8 value
             out.append((int((y - 3) // 5), (rec.num_frames - 1 - recipe.data.flow_stack) // 2))
     return out
 

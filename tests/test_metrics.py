@@ -19,6 +19,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from egoattn.data.transforms import Normalize
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.evaluation.metrics import compute_metrics, write_metrics
 from egoattn.evaluation.plots import class_correlation, plot_confusion, plot_correlation, plot_learning_curves
@@ -240,9 +241,10 @@ def _fake_batches(n: int, k: int, size: int, seed: int = 0):
     for start in range(0, n, 4):
         b = min(4, n - start)
         batches.append({
-            "rgb": torch.rand(b, 2, 3, size, size, generator=g),
-            "warp": torch.rand(b, 10, size, size, generator=g),
-            "mask": torch.rand(b, 2, size, size, generator=g),
+            # uint8, as egoattn's loaders ship them (evaluate normalises them on the device)
+            "rgb": torch.randint(0, 256, (b, 2, 3, size, size), generator=g, dtype=torch.uint8),
+            "warp": torch.randint(0, 256, (b, 10, size, size), generator=g, dtype=torch.uint8),
+            "mask": torch.randint(0, 2, (b, 2, size, size), generator=g, dtype=torch.uint8),
             "label": torch.randint(0, k, (b,), generator=g),
             "clip_id": [f"S2_clip{start + i}" for i in range(b)],
             "frame_indices": torch.zeros(b, 2, dtype=torch.int64),
@@ -298,7 +300,7 @@ def test_evaluate_run_writes_everything(fake_run):
     assert model.seen[0] == {"rgb": (4, 2, 3, 16, 16), "flow": (4, 10, 16, 16)}
     # the written metrics are those of the model's own logits
     batches = _fake_batches(10, len(classes), 16)
-    preds = predict_logits(model, batches)
+    preds = predict_logits(model, batches, normalize=Normalize())
     labels = torch.cat([b["label"] for b in batches]).numpy()
     assert m["top1"] == pytest.approx((preds.logits.argmax(1) == labels).mean())
     assert preds.clip_ids[:2] == ["S2_clip0", "S2_clip1"]
@@ -320,7 +322,7 @@ def test_evaluate_five_crops_average_the_crop_logits(fake_run, tmp_path):
             views = five_crops({"rgb": b["rgb"], "flow": b["warp"]}, 16)
             assert torch.equal(views[0]["rgb"], b["rgb"][..., :16, :16])  # top-left corner
             assert torch.equal(views[4]["rgb"], b["rgb"][..., 2:18, 2:18])  # centre
-            expect.append(torch.stack([model(**v)["logits"] for v in views]).mean(0))
+            expect.append(torch.stack([model(**Normalize()(v))["logits"] for v in views]).mean(0))
     expect = torch.cat(expect).numpy()
     labels = torch.cat([b["label"] for b in batches]).numpy()
     assert m["top1"] == pytest.approx((expect.argmax(1) == labels).mean())
@@ -366,7 +368,8 @@ def test_late_fusion_averages_the_logits_of_each_run_clip_by_clip(fake_run, tmp_
     m = evaluate_late_fusion([run, other_run], data, out=tmp_path / "fused")
 
     labels = torch.cat([b["label"] for b in batches]).numpy()
-    expect = (predict_logits(model, batches).logits + predict_logits(other, batches).logits) / 2
+    norm = Normalize()
+    expect = (predict_logits(model, batches, normalize=norm).logits + predict_logits(other, batches, normalize=norm).logits) / 2
     assert m["top1"] == pytest.approx((expect.argmax(1) == labels).mean())
     assert m["name"] == "late fusion: tiny + tiny" and m["runs"] == [str(run), str(other_run)]
     rows = list(csv.DictReader((tmp_path / "fused" / "predictions.csv").open()))
@@ -379,10 +382,10 @@ def test_late_fusion_averages_the_logits_of_each_run_clip_by_clip(fake_run, tmp_
     assert m2["top1"] == pytest.approx(m["top1"]) and len(m2["streams"]) == 2
     assert m2["streams"][0]["top1"] == pytest.approx(own["top1"])
     assert (tmp_path / "s-rgb" / "predictions.csv").read_text() == (tmp_path / "own" / "predictions.csv").read_text()
-    assert m2["streams"][1]["top1"] == pytest.approx((predict_logits(other, batches).logits.argmax(1) == labels).mean())
+    assert m2["streams"][1]["top1"] == pytest.approx((predict_logits(other, batches, normalize=norm).logits.argmax(1) == labels).mean())
     # fusing a run with itself changes nothing
     same = evaluate_late_fusion([run, run], data, out=tmp_path / "self")
-    single = predict_logits(model, batches).logits
+    single = predict_logits(model, batches, normalize=norm).logits
     assert same["top1"] == pytest.approx((single.argmax(1) == labels).mean())
     with pytest.raises(ConfigError, match="at least two runs"):
         evaluate_late_fusion([run], data, out=tmp_path / "one")

@@ -192,8 +192,8 @@ def test_crop_matches_the_test_transform() -> None:
     """Small frames: exactly the loader's test transform; large frames: INTER_AREA to the short side first."""
     prep = Preprocessing(4, "uniform", 72, 64, (0.5,) * 3, (0.5,) * 3)
     small = moving_shapes(1, 60, 80)[0]
-    ref = prep.transform()({"rgb": small[None]}, None)["rgb"]
-    np.testing.assert_allclose(prep.to_tensor([prep.crop(small)]).numpy(), ref.numpy(), atol=1e-6)
+    ref = prep.transform()({"rgb": small[None]}, None)["rgb"]  # uint8 (1, 3, 64, 64)
+    np.testing.assert_array_equal(prep.crop(small), ref[0].permute(1, 2, 0).numpy())
     big = cv2.resize(small, (800, 600), interpolation=cv2.INTER_NEAREST)
     shrunk = cv2.resize(big, (96, 72), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(prep.crop(big), shrunk[4:68, 16:80])
@@ -203,16 +203,16 @@ def test_crop_matches_the_test_transform() -> None:
 
 def test_to_tensor_equals_the_loader_normalisation_bit_for_bit() -> None:
     """One window converted with torch ops gives exactly the test transform's Normalize values."""
-    from egoattn.data.transforms import Normalize
+    from egoattn.data.transforms import Normalize, ToTensorClip
 
     prep = Preprocessing(2, "uniform", 16, 16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     crops = np.arange(256, dtype=np.uint8)[None, :, None].repeat(3, -1).reshape(1, 16, 16, 3).repeat(2, 0)
     crops[1] = crops[1, ::-1]
-    expected = Normalize(prep.mean, prep.std)({"rgb": crops}, None)["rgb"]
+    expected = Normalize(prep.mean, prep.std)(ToTensorClip()({"rgb": crops}))["rgb"]
     for given in (crops, list(crops)):
         x = prep.to_tensor(given)
         assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32 and x.is_contiguous()
-        np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), expected)
+        assert torch.equal(x, expected)
 
 
 def test_prefetch_runs_ahead_boundedly_and_forwards_errors() -> None:
@@ -247,6 +247,7 @@ def test_prefetch_runs_ahead_boundedly_and_forwards_errors() -> None:
 
 def test_predict_agrees_with_evaluate(tmp_path: Path) -> None:
     """The same clip through `make_eval_loader` + `predict_logits` and through predict on a video."""
+    from egoattn.data.transforms import Normalize
     from egoattn.evaluation.evaluate import predict_logits
     from egoattn.training.run import load_run, make_eval_loader
 
@@ -266,7 +267,8 @@ def test_predict_agrees_with_evaluate(tmp_path: Path) -> None:
     assert np.array_equal(np.stack(list(iter_frames(video))), decoded)
 
     loaded = load_run(run)
-    preds = predict_logits(loaded.model, make_eval_loader(loaded, root, split="all"))
+    preds = predict_logits(loaded.model, make_eval_loader(loaded, root, split="all"),
+                           normalize=Normalize.for_model(loaded.model))
     predictor = Predictor.from_loaded(loaded, device="cpu")
     assert predictor.prep.mean == (0.485, 0.456, 0.406)  # ResNet: ImageNet normalisation
     result = predict_video(predictor, video)
@@ -382,4 +384,6 @@ def test_peak_rss_is_flat_in_video_length(tmp_path: Path) -> None:
     print(f"peak RSS: 20 s {peaks[20] / 1024:.1f} MB, 120 s {peaks[120] / 1024:.1f} MB; growth while predicting: "
           f"20 s {growth[20] / 1024:.1f} MB, 120 s {growth[120] / 1024:.1f} MB")
     assert peaks[120] < 1.2 * peaks[20]
-    assert growth[120] < 1.2 * growth[20] + 10 * 1024  # all 1800 frames would be 400 MB
+    # All 1800 frames would be 400 MB. The growth itself varies by +-15 MB from run to run with the
+    # allocator, not with the length: measured 27.7, 37.9 and 27.9 MB for 20, 120 and 360 s.
+    assert growth[120] < 1.2 * growth[20] + 30 * 1024

@@ -38,6 +38,13 @@ from egoattn.training.task import ActionRecognitionTask
 
 CLASSES = ["take_cup", "put_cup", "open_jar"]
 COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230)]
+
+
+def first_val_batch(dm) -> dict:
+    """The first validation batch as the training step sees it (after the DataModule's on_after_batch_transfer)."""
+    return dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+
+
 # The demo recipe at test size: 48 px, 4 frames, a small ConvLSTM, validation on the test subject.
 TINY = ["data.size=48", "data.resize=48", "data.num_frames=4", "data.batch_size=6", "data.num_workers=0",
         "data.val=test", "model.options.hidden=16", "model.options.input_proj=16", "model.options.input_size=48",
@@ -127,9 +134,10 @@ def test_best_checkpoint_reproduces_best_val_acc(first_run, data) -> None:
     loaded = load_run(out)
     assert loaded.classes == CLASSES and not loaded.model.training
     correct = total = 0
+    normalize = Normalize.for_model(loaded.model)  # the loader ships uint8
     with torch.no_grad():
         for batch in make_eval_loader(loaded, data, batch_size=4):
-            logits = loaded.model(rgb=batch["rgb"])["logits"]
+            logits = loaded.model(rgb=normalize(batch)["rgb"])["logits"]
             correct += int((logits.argmax(1) == batch["label"]).sum())
             total += len(batch["label"])
     assert total == 6  # subject S2: 3 classes x 2 clips
@@ -197,9 +205,8 @@ def test_rgb_is_normalised_for_the_backbone(data) -> None:
     task = ActionRecognitionTask(recipe, CLASSES)
     dm = make_datamodule(recipe, data, task.model)
     dm.setup("fit")
-    norms = [t for t in dm.train_set.transform.transforms if isinstance(t, Normalize)]
-    assert [tuple(n.mean) for n in norms] == [(0.5, 0.5, 0.5)]  # EfficientNet-Lite0, not ImageNet
-    assert tuple(norms[0].std) == (0.5, 0.5, 0.5)
+    assert dm.normalize == Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # EfficientNet-Lite0, not ImageNet
+    assert not any(isinstance(t, Normalize) for t in dm.train_set.transform.transforms)  # on the device, not in workers
 
 
 def test_cached_step_equals_uncached_step(data) -> None:
@@ -211,8 +218,8 @@ def test_cached_step_equals_uncached_step(data) -> None:
     assert len(cached.train_set) == 18 and len(cached.val_set) == 6
 
     # same clips through the deterministic pipeline, uncached
-    batch = next(iter(dm.val_dataloader()))
-    cached_batch = next(iter(cached.val_dataloader()))
+    batch = first_val_batch(dm)
+    cached_batch = first_val_batch(cached)
     assert list(cached_batch["clip_id"]) == list(batch["clip_id"])
     assert "rgb" not in cached_batch
     task.train()  # training mode: backbone in eval, dropout active (same seed -> same mask)
@@ -240,10 +247,10 @@ def test_cache_of_the_trunk_when_the_last_stage_trains(data) -> None:
     task = ActionRecognitionTask(recipe, CLASSES)
     dm = make_datamodule(recipe, data, task.model)
     cached = cache_features(task, dm, torch.device("cpu"))
-    cached_batch = next(iter(cached.val_dataloader()))
+    cached_batch = first_val_batch(cached)
     assert set(cached_batch["frame_features"]) == {"trunk"}  # blocks 0-4: 112 channels at stride 16
     assert cached_batch["frame_features"]["trunk"].shape[2:] == (112, 3, 3)  # 48 px / 16
-    batch = next(iter(dm.val_dataloader()))
+    batch = first_val_batch(dm)
     task.train()
     losses = []
     for b in (batch, cached_batch):
@@ -295,7 +302,7 @@ def _cached_and_uncached_losses(recipe, data) -> tuple[ActionRecognitionTask, di
     cached = cache_features(task, dm, torch.device("cpu"))
     task.train()
     losses = []
-    for batch in (next(iter(dm.val_dataloader())), next(iter(cached.val_dataloader()))):
+    for batch in (first_val_batch(dm), first_val_batch(cached)):
         torch.manual_seed(1)
         losses.append({k: v.item() for k, v in task.compute_losses(batch)[0].items()})
     return task, losses[0], losses[1]
@@ -346,7 +353,7 @@ def test_cached_views_are_the_training_pipelines_draws(data) -> None:
     dm.train_set.set_epoch(2)
     clip = dm.train_set[5]
     with torch.no_grad():
-        expected = next(iter(task.model.encode_frames(clip["rgb"][None]).values()))[0]
+        expected = next(iter(task.model.encode_frames(dm.normalize({"rgb": clip["rgb"][None]})["rgb"]).values()))[0]
     torch.testing.assert_close(features(views[2][5]), expected, rtol=1e-4, atol=1e-4)  # batch of 6 vs 1
 
     def drawn(epoch: int) -> list[int]:
@@ -405,7 +412,7 @@ def test_ms_and_order_losses_are_added_with_their_weights(data) -> None:
     recipe = apply_overrides(load_recipe("cpu_ms_order"), [*TINY, "loss.ms_weight=0.5", "loss.order_weight=2"])
     task = ActionRecognitionTask(recipe, CLASSES)
     dm = make_datamodule(recipe, data, task.model)
-    batch = next(iter(dm.val_dataloader()))
+    batch = first_val_batch(dm)
     assert batch["order_rgb"].shape[1:3] == (4, 3) and batch["motion"].shape == (6, 4, 48, 48)
     task.eval()
     with torch.no_grad():
@@ -425,7 +432,7 @@ def test_ms_and_order_losses_reach_the_fine_tuned_last_stage(data) -> None:
     into its frozen trunk), so it can change what the classifier sees."""
     recipe = apply_overrides(load_recipe("cpu_ms_order"), TINY)
     task = ActionRecognitionTask(recipe, CLASSES)
-    batch = next(iter(make_datamodule(recipe, data, task.model).val_dataloader()))
+    batch = first_val_batch(make_datamodule(recipe, data, task.model))
     task.train()
     named = dict(task.model.named_parameters())
     for term in ("ms", "order"):

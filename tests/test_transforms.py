@@ -125,15 +125,30 @@ def test_multiscale_corner_boxes() -> None:
 
 
 def test_normalize_numbers() -> None:
-    clip = {"rgb": np.full((1, 2, 2, 3), 128, np.uint8), "flow": np.full((1, 1, 2, 2, 2), 255, np.uint8),
-            "motion": np.full((1, 2, 2), 51, np.uint8), "mask": np.array([[[0, 1], [255, 0]]], np.uint8)}
+    clip = ToTensorClip()({"rgb": np.full((1, 2, 2, 3), 128, np.uint8), "flow": np.full((1, 1, 2, 2, 2), 255, np.uint8),
+                           "motion": np.full((1, 2, 2), 51, np.uint8), "mask": np.array([[[0, 1], [255, 0]]], np.uint8)})
     out = Normalize()(clip)
-    assert out["rgb"].dtype == np.float32
-    assert out["rgb"][0, 0, 0] == pytest.approx([(128 / 255 - m) / s for m, s in
-                                                 zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))], rel=1e-6)
-    assert out["flow"][0, 0, 0, 0, 0] == pytest.approx((1 - 0.449) / 0.226, rel=1e-6)
-    assert out["motion"][0, 0, 0] == pytest.approx(0.2)
+    assert out["rgb"].dtype == torch.float32 and out["rgb"].shape == (1, 3, 2, 2)
+    assert out["rgb"][0, :, 0, 0].tolist() == pytest.approx([(128 / 255 - m) / s for m, s in
+                                                            zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))], rel=1e-6)
+    assert out["flow"][0, 0, 0, 0] == pytest.approx((1 - 0.449) / 0.226, rel=1e-6)
+    assert out["motion"].dtype == torch.float32 and out["motion"][0, 0, 0] == pytest.approx(0.2)
     assert out["mask"][0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+
+
+def test_normalize_refuses_what_is_not_the_loaders_uint8() -> None:
+    """Normalising twice would shift every input silently; a float tensor or a numpy array is an error."""
+    with pytest.raises(ValueError, match="'rgb'.*float32"):
+        Normalize()({"rgb": torch.zeros(1, 3, 2, 2)})
+    with pytest.raises(ValueError, match="'flow'"):
+        Normalize()({"flow": np.zeros((1, 2, 2, 2), np.uint8)})
+
+
+def test_normalize_for_model_reads_the_backbones_mean_and_std() -> None:
+    backbone = torch.nn.Conv2d(3, 4, 1)
+    backbone.mean, backbone.std = (0.5, 0.5, 0.5), (0.25, 0.5, 0.5)
+    assert Normalize.for_model(torch.nn.Sequential(torch.nn.Identity(), backbone)) == Normalize((0.5,) * 3, (0.25, 0.5, 0.5))
+    assert Normalize.for_model(torch.nn.Linear(2, 2)) == Normalize()  # none: ImageNet
 
 
 def test_to_tensor_interleaves_flow_stacks() -> None:
@@ -156,9 +171,8 @@ def test_builders_train_and_test() -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
     out = test_transform(32, resize=48)({"rgb": rgb.copy()}, None)
-    assert out["rgb"].shape == (4, 3, 32, 32) and out["rgb"].dtype == torch.float32
-    expected = Normalize()({"rgb": rgb[:, 8:40, 16:48]})["rgb"]  # 48x64 centre crop 32: x0 16, y0 8
-    np.testing.assert_allclose(out["rgb"].numpy(), np.moveaxis(expected, -1, 1), rtol=1e-6)
+    assert out["rgb"].shape == (4, 3, 32, 32) and out["rgb"].dtype == torch.uint8  # Normalize follows on the device
+    np.testing.assert_array_equal(out["rgb"].numpy(), np.moveaxis(rgb[:, 8:40, 16:48], -1, 1))  # centre crop 32 of 48x64
     a = train_transform(32, resize=48)({"rgb": rgb.copy()}, np.random.default_rng(1))
     b = train_transform(32, resize=48)({"rgb": rgb.copy()}, np.random.default_rng(1))
     assert a["rgb"].shape == (4, 3, 32, 32) and torch.equal(a["rgb"], b["rgb"])
@@ -198,24 +212,31 @@ def test_normalize_equals_the_numpy_formula_bit_for_bit(mean, std):
     values = np.arange(256, dtype=np.uint8)
     rgb = np.stack([values, values[::-1], np.roll(values, 7)], -1).reshape(2, 8, 16, 3)
     flow = np.stack([values, values[::-1]], -1).reshape(1, 2, 8, 16, 2)
-    out = Normalize(mean, std)({"rgb": rgb, "flow": flow}, None)
-    expected = (rgb.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
-    expected_flow = (flow.astype(np.float32) / 255.0 - np.float32(0.449)) / np.float32(0.226)
-    assert out["rgb"].dtype == np.float32 and out["rgb"].shape == rgb.shape
-    np.testing.assert_array_equal(out["rgb"], expected)
-    np.testing.assert_array_equal(out["flow"], expected_flow)
-    # A flipped (negative-stride) view is accepted too.
-    np.testing.assert_array_equal(Normalize(mean, std)({"rgb": rgb[:, :, ::-1]}, None)["rgb"], expected[:, :, ::-1])
+    out = Normalize(mean, std)(ToTensorClip()({"rgb": rgb, "flow": flow}), None)
+    expected = np.moveaxis((rgb.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std), -1, -3)
+    expected_flow = ((flow.astype(np.float32) / 255.0 - np.float32(0.449)) / np.float32(0.226)
+                     ).transpose(0, 1, 4, 2, 3).reshape(1, 4, 8, 16)
+    assert out["rgb"].dtype == torch.float32 and out["rgb"].is_contiguous()
+    np.testing.assert_array_equal(out["rgb"].numpy(), expected)
+    np.testing.assert_array_equal(out["flow"].numpy(), expected_flow)
+    # A flipped (negative-stride) view is accepted too, and a batch (B, T, C, H, W) as well as a clip.
+    flipped = ToTensorClip()({"rgb": rgb[:, :, ::-1]})
+    np.testing.assert_array_equal(Normalize(mean, std)(flipped)["rgb"].numpy(), expected[..., ::-1])
+    batch = torch.stack([ToTensorClip()({"rgb": rgb})["rgb"]] * 2)
+    np.testing.assert_array_equal(Normalize(mean, std)({"rgb": batch})["rgb"].numpy(), np.stack([expected] * 2))
 
 
-def test_normalized_frames_become_tensors_without_a_copy():
-    """Normalize fills a channels-first buffer; ToTensorClip's (T, 3, H, W) tensor is that buffer."""
+def test_images_become_tensors_without_a_copy():
+    """ToTensorClip's (T, 3, H, W) uint8 tensor is a view of the cropped frames; the collate's stack is the
+    one copy (in the frames' memory order), and Normalize's output is contiguous."""
     rgb = np.random.default_rng(0).integers(0, 256, (3, 10, 12, 3), dtype=np.uint8)
-    normalised = Normalize()({"rgb": rgb}, None)["rgb"]
-    tensor = ToTensorClip()({"rgb": normalised}, None)["rgb"]
-    assert tensor.shape == (3, 3, 10, 12) and tensor.is_contiguous()
-    assert np.shares_memory(tensor.numpy(), normalised)
-    np.testing.assert_array_equal(tensor.numpy(), np.moveaxis(normalised, -1, -3))
+    tensor = ToTensorClip()({"rgb": rgb}, None)["rgb"]
+    assert tensor.shape == (3, 3, 10, 12) and tensor.dtype == torch.uint8
+    assert np.shares_memory(tensor.numpy(), rgb)
+    np.testing.assert_array_equal(tensor.numpy(), np.moveaxis(rgb, -1, -3))
+    batch = torch.utils.data.default_collate([{"rgb": tensor}, {"rgb": tensor}])["rgb"]
+    assert batch.shape == (2, 3, 3, 10, 12) and torch.equal(batch[1], tensor)
+    assert Normalize()({"rgb": batch})["rgb"].is_contiguous()
 
 
 def test_hflip_equals_reversing_the_width_axis():

@@ -27,7 +27,7 @@ from egoattn.data.samplers import (
     ShortClipError,
     UniformSampler,
 )
-from egoattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
+from egoattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, test_transform, train_transform
 from egoattn.data.workers import one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 
@@ -277,6 +277,7 @@ class EgoDataModule(L.LightningDataModule):
         self.flow_size = int(flow_size) if flow_size else None
         self.short_clip = short_clip
         self.mean, self.std = tuple(mean), tuple(std)  # the backbone's input normalisation
+        self.normalize = Normalize(self.mean, self.std)  # type: ignore[arg-type]
         self.classes: list[str] = read_classes(self.root / "classes.txt")
         self.train_set: ClipDataset | None = None
         self.val_set: ClipDataset | None = None
@@ -291,8 +292,7 @@ class EgoDataModule(L.LightningDataModule):
         return cls(self.num_frames, short_clip=self.short_clip)  # type: ignore[arg-type]
 
     def _dataset(self, records: list[ClipRecord], train: bool, flow_sampler: FlowStackSampler) -> ClipDataset:
-        transform = (train_transform if train else test_transform)(self.size, self.resize, self.mean, self.std,
-                                                                   self.flow_size)
+        transform = (train_transform if train else test_transform)(self.size, self.resize, self.flow_size)
         return ClipDataset(self.root, records, self.classes, self.modalities, self._frame_sampler(), transform,
                            flow_sampler=flow_sampler, seed=self.seed, train=train)
 
@@ -313,6 +313,10 @@ class EgoDataModule(L.LightningDataModule):
         self.val_set = self._dataset(val, False, flow("centre"))
         self.test_set = self._dataset(
             test, False, flow("centre") if self.flow_test_stacks == 1 else flow("even", self.flow_test_stacks))
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """The loaders ship uint8; Lightning hands each batch here once it is on its device."""
+        return self.normalize(batch)
 
     def set_epoch(self, epoch: int) -> None:
         """For loops that do not call the sampler's set_epoch (e.g. a DDP-wrapped sampler)."""

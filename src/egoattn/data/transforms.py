@@ -13,9 +13,10 @@ A clip is a dict of numpy arrays keyed by modality (the loader's keys, see ARCHI
 Other keys (label, clip_id, frame_indices, order_label) pass through. Every transform is called as
 `t(clip, rng)`; `rng=None` gives the deterministic test-time behaviour (no flip, centre crop).
 
-Cost: every spatial step works on uint8; `Normalize` is the one float conversion, computed with torch
-ops into a channels-first buffer (the same float32 operations as numpy, so the same values) and
-returned as a channels-last view of it, so `ToTensorClip` needs no copy.
+Cost: every spatial step works on uint8, and the loader's tensors stay uint8 (`ToTensorClip`);
+`Normalize` is the one float conversion, applied to the batch on its device (the same float32
+operations as numpy, so the same values). A float32 clip is 4x the bytes to send from a worker
+process: on 2 cores that transfer alone capped a loader at about 300-400 clips of 10x3x160x160.
 
 Pixel convention: integer coordinates are pixel centres, as in cv2.resize, so a point maps through
 a crop box (x0, y0, w, h) resized to (W', H') as x' = (x - x0 + 0.5) * W' / w - 0.5.
@@ -219,59 +220,26 @@ class RandomHorizontalFlip:
         return hflip(clip)
 
 
-def normalise_channels(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(..., H, W, C) pixels -> float32 (x / 255 - mean[c]) / std[c], as a channels-last view of a
-    C-contiguous (..., C, H, W) buffer.
+def to_float(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> contiguous float32 (x / 255 - mean[c]) / std[c] on x's device.
 
-    The same float32 operations in the same order as numpy's ``(x.astype(float32) / 255 - mean) / std``
-    (identical values), but in one conversion pass and three in-place passes over the channels-first
-    buffer (numpy broadcasting over a last axis of 2 or 3 is about 10x slower), and the buffer is
-    already in the layout ToTensorClip hands to torch.
+    One conversion pass (which also makes a permuted view contiguous) and three in-place passes: the
+    same float32 operations in the same order as numpy's ``(x.astype(float32) / 255 - mean) / std``, so
+    the same values. A single mean/std value applies to every channel (flow stacks).
     """
-    arr = np.asarray(arr)
-    if any(st < 0 for st in arr.strides):  # torch.from_numpy takes no negative strides (flipped views)
-        arr = np.ascontiguousarray(arr)
-    src = torch.from_numpy(arr).movedim(-1, -3)
-    x = torch.empty(src.shape, dtype=torch.float32)
-    x.copy_(src)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    x.div_(255.0).sub_(m).div_(s)
-    return np.moveaxis(x.numpy(), -3, -1)
-
-
-@dataclass(frozen=True)
-class Normalize:
-    """uint8 -> float32: ImageNet mean/std for images, (v/255 - 0.449)/0.226 for flow, motion v/255,
-    mask (v > 0) as 0/1."""
-
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    flow_mean: float = FLOW_MEAN
-    flow_std: float = FLOW_STD
-
-    def __call__(self, clip: Clip, rng: np.random.Generator | None = None) -> Clip:
-        out = dict(clip)
-        for key in IMAGE_KEYS:
-            if key in clip:
-                out[key] = normalise_channels(clip[key], self.mean, self.std)
-        for key in FLOW_KEYS:
-            if key in clip:
-                c = clip[key].shape[-1]
-                out[key] = normalise_channels(clip[key], (self.flow_mean,) * c, (self.flow_std,) * c)
-        if "motion" in clip:
-            out["motion"] = clip["motion"].astype(np.float32) / 255.0
-        if "mask" in clip:
-            out["mask"] = (clip["mask"] > 0).astype(np.float32)
-        if "keypoints" in clip:
-            out["keypoints"] = np.asarray(clip["keypoints"], dtype=np.float32)
-        return out
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    out.copy_(x)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return out.div_(255.0).sub_(m).div_(s)
 
 
 @dataclass(frozen=True)
 class ToTensorClip:
-    """numpy -> torch in the loader's layout: channels first; flow stacks (S, L, H, W, 2) -> (S, 2L, H, W)
-    interleaved x1, y1, x2, y2, ...; label/order_label/frame_indices -> int64. Drops `frame_size`."""
+    """numpy -> torch in the loader's layout, still uint8: channels first; flow stacks (S, L, H, W, 2) ->
+    (S, 2L, H, W) interleaved x1, y1, x2, y2, ...; label/order_label/frame_indices -> int64. Drops
+    `frame_size`. Images are channels-first views of the channels-last frames, not copies: the collate's
+    stack copies them into the batch, and `Normalize` writes its float32 output contiguous."""
 
     def __call__(self, clip: Clip, rng: np.random.Generator | None = None) -> Clip:
         out: Clip = {}
@@ -279,19 +247,73 @@ class ToTensorClip:
             if key == "frame_size":
                 continue
             if key in IMAGE_KEYS or key == "flow_pair":
-                out[key] = torch.from_numpy(np.ascontiguousarray(np.moveaxis(value, -1, -3)))
+                out[key] = torch.from_numpy(_torch_strides(value)).movedim(-1, -3)
             elif key in ("flow", "warp"):
                 s, l, h, w, c = value.shape
                 stacked = np.ascontiguousarray(value.transpose(0, 1, 4, 2, 3)).reshape(s, l * c, h, w)
                 out[key] = torch.from_numpy(stacked)
-            elif key in GRAY_KEYS or key == "keypoints":
-                out[key] = torch.from_numpy(np.ascontiguousarray(value))
+            elif key in GRAY_KEYS:
+                out[key] = torch.from_numpy(_torch_strides(value))
+            elif key == "keypoints":
+                out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
             elif key in ("label", "order_label"):
                 out[key] = torch.tensor(int(value), dtype=torch.int64)
             elif key == "frame_indices":
                 out[key] = torch.as_tensor(np.asarray(value), dtype=torch.int64)
             else:
                 out[key] = value
+        return out
+
+
+def _torch_strides(arr: np.ndarray) -> np.ndarray:
+    """torch.from_numpy takes no negative strides (flipped views): copy those, pass the rest unchanged."""
+    return np.ascontiguousarray(arr) if any(st < 0 for st in arr.strides) else arr
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """The loader's uint8 tensors -> float32 model inputs and targets, on whatever device they are on:
+    ImageNet-style mean/std for images (rgb, order_rgb), (v/255 - 0.449)/0.226 for flow images, motion
+    v/255, mask (v > 0) as 0/1. Works on one clip (T, C, H, W) or a batch (B, T, C, H, W) alike.
+
+    Applied after the batch reaches its device (EgoDataModule.on_after_batch_transfer, evaluate, explain,
+    the feature cache), not in the loader's workers: uint8 clips are 4x fewer bytes to move from the
+    workers and to the GPU, and the conversion there is nearly free. Anything but uint8 in those keys is
+    an error (normalising twice would silently shift every input).
+    """
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    flow_mean: float = FLOW_MEAN
+    flow_std: float = FLOW_STD
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> "Normalize":
+        """With the mean/std of the model's first RGB backbone (a module with 3-tuples `mean` and `std`,
+        e.g. the bundled EfficientNet-Lite0's 0.5 / 0.5); ImageNet's when it has none."""
+        for module in model.modules():
+            mean, std = getattr(module, "mean", None), getattr(module, "std", None)
+            if isinstance(mean, tuple) and isinstance(std, tuple) and len(mean) == 3 and len(std) == 3:
+                return cls(tuple(float(m) for m in mean), tuple(float(v) for v in std))  # type: ignore[arg-type]
+        return cls()
+
+    def __call__(self, batch: Clip, rng: np.random.Generator | None = None) -> Clip:
+        out = dict(batch)
+        for key in (*IMAGE_KEYS, *FLOW_KEYS, *GRAY_KEYS):
+            if key not in batch:
+                continue
+            x = batch[key]
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+                raise ValueError(f"Normalize expects the loader's uint8 tensor for {key!r}, got "
+                                 f"{getattr(x, 'dtype', type(x).__name__)} (already normalised?)")
+            if key in IMAGE_KEYS:
+                out[key] = to_float(x, self.mean, self.std)
+            elif key in FLOW_KEYS:
+                out[key] = to_float(x, (self.flow_mean,), (self.flow_std,))
+            elif key == "motion":
+                out[key] = x.float().div_(255.0)
+            else:
+                out[key] = (x > 0).float()
         return out
 
 
@@ -311,20 +333,17 @@ def _flow_resize(size: int, flow_size: int | None) -> tuple[ResizeFlow, ...]:
     return (ResizeFlow(flow_size),) if flow_size and flow_size != size else ()
 
 
-def train_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
-                    std: tuple[float, float, float] = IMAGENET_STD, flow_size: int | None = None) -> Compose:
+def train_transform(size: int = 224, resize: int = 256, flow_size: int | None = None) -> Compose:
     """Ego-RNN training augmentation: resize short side, random flip, multi-scale corner crop to
-    `size` (flow then to `flow_size`, if given), normalise (with the backbone's mean/std), to tensors."""
+    `size` (flow then to `flow_size`, if given), to uint8 tensors (`Normalize` follows on the device)."""
     return Compose((Resize(resize), RandomHorizontalFlip(0.5), MultiScaleCornerCrop(size),
-                    *_flow_resize(size, flow_size), Normalize(mean, std), ToTensorClip()))
+                    *_flow_resize(size, flow_size), ToTensorClip()))
 
 
-def test_transform(size: int = 224, resize: int = 256, mean: tuple[float, float, float] = IMAGENET_MEAN,
-                   std: tuple[float, float, float] = IMAGENET_STD, flow_size: int | None = None) -> Compose:
+def test_transform(size: int = 224, resize: int = 256, flow_size: int | None = None) -> Compose:
     """Ego-RNN test pre-processing: resize short side, centre crop `size` (flow then to `flow_size`, if
-    given), normalise, to tensors."""
-    return Compose((Resize(resize), CenterCrop(size), *_flow_resize(size, flow_size), Normalize(mean, std),
-                    ToTensorClip()))
+    given), to uint8 tensors (`Normalize` follows on the device)."""
+    return Compose((Resize(resize), CenterCrop(size), *_flow_resize(size, flow_size), ToTensorClip()))
 
 
 test_transform.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported

@@ -25,6 +25,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from egoattn.data.manifest import read_classes
+from egoattn.data.transforms import Normalize
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.evaluation.metrics import compute_metrics, headline, write_metrics
 from egoattn.evaluation.plots import plot_confusion, plot_correlation, plot_learning_curves
@@ -68,11 +69,13 @@ def default_device() -> torch.device:
 
 
 def predict_logits(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], device: torch.device | str | None = None,
-                   crops: int = 1, crop_size: int | None = None) -> Predictions:
+                   crops: int = 1, crop_size: int | None = None, normalize: Normalize | None = None) -> Predictions:
     """Run `model` over every batch of `loader` in eval mode without autograd.
 
-    `device` defaults to where the model's parameters are. With `crops=5` each batch's frames must
-    be larger than `crop_size`; the logits of the five crops are averaged.
+    `device` defaults to where the model's parameters are. `normalize` turns each batch's uint8 inputs
+    into the model's, on the device (egoattn's loaders ship uint8: pass `Normalize.for_model(model)`);
+    None takes the batches as model inputs already. With `crops=5` each batch's frames must be larger
+    than `crop_size`; the logits of the five crops are averaged.
     """
     if crops not in (1, 5):
         raise ConfigError(f"crops must be 1 or 5, got {crops}")
@@ -87,6 +90,8 @@ def predict_logits(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], 
     with torch.inference_mode():
         for batch in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(model, batch).items()}
+            if normalize is not None:
+                inputs = normalize(inputs)
             if crops == 5:
                 z = torch.stack([_logits(model, view) for view in five_crops(inputs, crop_size)]).mean(0)
             else:
@@ -167,7 +172,8 @@ def _run_predictions(run: Path, data: Path, split: str | None, flow_stacks: int,
     split = split or loaded.recipe.data.split
     loader = _eval_loader(run_module, loaded, data, split, flow_stacks, crops)
     model = loaded.model.to(default_device())
-    return loaded, split, predict_logits(model, loader, crops=crops, crop_size=loaded.recipe.data.size)
+    return loaded, split, predict_logits(model, loader, crops=crops, crop_size=loaded.recipe.data.size,
+                                         normalize=Normalize.for_model(model))
 
 
 def _write_evaluation(out: Path, metrics: dict[str, Any], classes: list[str], preds: Predictions, title: str,

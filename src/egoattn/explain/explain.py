@@ -80,8 +80,8 @@ class ExplainedRun:
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         from egoattn.models.registry import model_inputs
 
-        inputs = model_inputs(self.model, batch)
-        out = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+        inputs = self.prep.normalize({k: v.to(self.device) for k, v in model_inputs(self.model, batch).items()})
+        out = self.model(**inputs)
         return out if isinstance(out, dict) else {"logits": out}
 
     def dataset(self, root: Path, records: Sequence[ClipRecord], classes: list[str], with_mask: bool) -> ClipDataset:
@@ -92,13 +92,14 @@ class ExplainedRun:
 
     def explain_item(self, item: dict[str, Any]) -> Explained:
         out = self.forward(default_collate([item]))
-        return self._explained(out, denormalise(item["rgb"], self.prep), np.asarray(item["frame_indices"]))
+        frames = item["rgb"].permute(0, 2, 3, 1).numpy()  # the loader's uint8 crops, (T, S, S, 3)
+        return self._explained(out, frames, np.asarray(item["frame_indices"]))
 
     def explain_frames(self, crops: np.ndarray, indices: np.ndarray) -> Explained:
         """Pre-cropped uint8 frames (T, S, S, 3) of a video (RGB models only)."""
         if self.inputs != ["rgb"]:
             raise ConfigError(f"run {self.name}: explaining a video needs an RGB model; this one reads {self.inputs}")
-        out = self.forward({"rgb": self.prep.to_tensor(list(crops))[None]})
+        out = self.forward({"rgb": torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)[None]})
         return self._explained(out, crops, indices)
 
     def _explained(self, out: dict[str, torch.Tensor], frames: np.ndarray, indices: np.ndarray) -> Explained:
@@ -107,13 +108,6 @@ class ExplainedRun:
         return Explained(self.name, frames, indices, probs, self.classes,
                          None if att is None else att[0].float().cpu().numpy(),
                          None if tw is None else tw[0].float().cpu().numpy().reshape(-1))
-
-
-def denormalise(rgb: torch.Tensor, prep: Preprocessing) -> np.ndarray:
-    """(T, 3, S, S) normalised -> (T, S, S, 3) uint8, undoing Normalize."""
-    x = rgb.detach().cpu().float().numpy().transpose(0, 2, 3, 1)
-    x = x * np.float32(prep.std) + np.float32(prep.mean)
-    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
 
 
 # --- drawing --------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from egoattn.data.samplers import ConsecutiveSampler, UniformSampler
-from egoattn.data.transforms import CenterCrop, Compose, Normalize, Resize, ToTensorClip
+from egoattn.data.transforms import CenterCrop, Compose, Normalize, Resize, ToTensorClip, to_float
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.fileio import write_json, write_text_atomic
 
@@ -64,15 +64,15 @@ class Preprocessing:
 
     @classmethod
     def from_recipe(cls, recipe: Any, model: nn.Module) -> "Preprocessing":
-        from egoattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-        from egoattn.training.run import input_normalisation
-
         d = recipe.data
         if d.sampler not in ("uniform", "consecutive"):
             raise ConfigError(f"recipe sampler {d.sampler!r}: predict supports 'uniform' and 'consecutive'")
-        mean, std = input_normalisation(model) or (IMAGENET_MEAN, IMAGENET_STD)
-        return cls(int(d.num_frames), d.sampler, int(d.resize), int(d.size),
-                   tuple(float(m) for m in mean), tuple(float(s) for s in std))  # type: ignore[arg-type]
+        norm = Normalize.for_model(model)
+        return cls(int(d.num_frames), d.sampler, int(d.resize), int(d.size), norm.mean, norm.std)
+
+    @property
+    def normalize(self) -> Normalize:
+        return Normalize(self.mean, self.std)
 
     def frame_sampler(self) -> UniformSampler | ConsecutiveSampler:
         """The recipe's sampler; short clips repeat frames instead of failing."""
@@ -84,9 +84,8 @@ class Preprocessing:
         return np.asarray(self.frame_sampler()(num_frames, None), dtype=np.int64)
 
     def transform(self) -> Compose:
-        """The loader's test transform (ClipDataset dicts) with this normalisation."""
-        return Compose((Resize(self.resize), CenterCrop(self.size), Normalize(mean=self.mean, std=self.std),
-                        ToTensorClip()))
+        """The loader's test transform (ClipDataset dicts, uint8; `normalize` follows on the device)."""
+        return Compose((Resize(self.resize), CenterCrop(self.size), ToTensorClip()))
 
     def shrink(self, frame: np.ndarray) -> np.ndarray:
         """Anti-aliased downscale to short side `resize` (frames already that small pass unchanged)."""
@@ -112,17 +111,12 @@ class Preprocessing:
                   ) -> torch.Tensor:
         """(T, size, size, 3) uint8 crops -> normalised (T, 3, size, size) float32 on `device` (default CPU).
 
-        The uint8 crops go to the device (4x fewer bytes than float32), then one pass converts the layout
-        and dtype and three in-place passes normalise: the same float32 operations in the same order as
-        the loader's `Normalize` ((x / 255 - mean) / std), so the values are identical.
+        The uint8 crops go to the device (4x fewer bytes than float32), where `to_float` converts the
+        layout and dtype and normalises, as `Normalize` does to the loader's batches (identical values).
         """
         u8 = torch.from_numpy(np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else np.stack(crops))
         u8 = u8.to(device) if device is not None else u8
-        x = torch.empty((u8.shape[0], u8.shape[3], u8.shape[1], u8.shape[2]), dtype=torch.float32, device=u8.device)
-        x.copy_(u8.permute(0, 3, 1, 2))
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-        return x.div_(255.0).sub_(mean).div_(std)
+        return to_float(u8.permute(0, 3, 1, 2), self.mean, self.std)
 
     def to_json(self) -> dict[str, Any]:
         return {"num_frames": self.num_frames, "sampler": self.sampler, "resize": self.resize, "crop": "centre",

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from egoattn.data.dataset import ClipDataset, EgoDataModule
+from egoattn.data.transforms import Normalize
 from egoattn.errors import ConfigError
 from egoattn.training.task import ActionRecognitionTask
 
@@ -70,10 +71,11 @@ def check_cacheable(task: ActionRecognitionTask, modalities: list[str] | tuple[s
 
 
 @torch.no_grad()
-def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size: int,
-                   device: torch.device, description: str = "caching features") -> list[dict[str, Any]]:
+def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size: int, device: torch.device,
+                   normalize: Normalize, description: str = "caching features") -> list[dict[str, Any]]:
     """One item per clip: {"frame_features": {key: (T, ...) float32}} and the rest of the loader's item as
-    loaded (label, clip_id, and other modalities: motion maps, flow, order frames - read at every step)."""
+    loaded, still uint8 (label, clip_id, and other modalities: motion maps, flow, order frames - read and
+    normalised at every step)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     model = task.model
     was_training = task.training
@@ -83,7 +85,7 @@ def encode_dataset(task: ActionRecognitionTask, dataset: ClipDataset, batch_size
     with Progress(transient=True) as progress:
         bar = progress.add_task(description, total=len(dataset))
         for batch in loader:
-            features = model.encode_frames(batch["rgb"].to(device))
+            features = model.encode_frames(normalize({"rgb": batch["rgb"].to(device)})["rgb"])
             for i in range(batch["rgb"].shape[0]):
                 item = {k: v[i].clone() if isinstance(v, torch.Tensor) else v[i]
                         for k, v in batch.items() if k != "rgb"}
@@ -120,13 +122,17 @@ class CachedClips(Dataset):
 
 
 class CachedFeatureDataModule(L.LightningDataModule):
-    """Train / val loaders over cached frame features (same splits as the wrapped EgoDataModule)."""
+    """Train / val loaders over cached frame features (same splits as the wrapped EgoDataModule); the
+    cached items' other modalities are normalised on the device, as EgoDataModule does."""
 
     def __init__(self, train_views: Sequence[list[dict[str, Any]]], val_items: list[dict[str, Any]],
-                 batch_size: int, seed: int, classes: list[str]) -> None:
+                 batch_size: int, seed: int, classes: list[str], normalize: Normalize) -> None:
         super().__init__()
         self.train_set, self.val_set = CachedClips(train_views, seed), CachedClips([val_items])
-        self.batch_size, self.seed, self.classes = batch_size, seed, classes
+        self.batch_size, self.seed, self.classes, self.normalize = batch_size, seed, classes, normalize
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        return self.normalize(batch)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop's DatasetEpoch callback: the epoch's view of each clip."""
@@ -149,12 +155,12 @@ def cache_features(task: ActionRecognitionTask, dm: EgoDataModule, device: torch
     # View 0: the training clips through the validation set's deterministic pipeline (same sampler, no rng).
     train_fixed = ClipDataset(dm.root, dm.train_set.records, dm.classes, dm.modalities, dm.val_set.sampler,
                               dm.val_set.transform, seed=dm.seed, train=False)
-    train_views = [encode_dataset(task, train_fixed, dm.batch_size, device, "caching train features")]
+    train_views = [encode_dataset(task, train_fixed, dm.batch_size, device, dm.normalize, "caching train features")]
     for view in range(1, views):
         # Views 1..: the training pipeline at "epoch" view, i.e. the draws an uncached run makes then.
         dm.train_set.set_epoch(view)
-        train_views.append(encode_dataset(task, dm.train_set, dm.batch_size, device,
+        train_views.append(encode_dataset(task, dm.train_set, dm.batch_size, device, dm.normalize,
                                           f"caching augmented train view {view}/{views - 1}"))
     dm.train_set.set_epoch(0)
-    val_items = encode_dataset(task, dm.val_set, dm.batch_size, device, "caching val features")
-    return CachedFeatureDataModule(train_views, val_items, dm.batch_size, dm.seed, dm.classes)
+    val_items = encode_dataset(task, dm.val_set, dm.batch_size, device, dm.normalize, "caching val features")
+    return CachedFeatureDataModule(train_views, val_items, dm.batch_size, dm.seed, dm.classes, dm.normalize)

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from egoattn.data.dataset import EgoDataModule
 from egoattn.data.manifest import read_classes, write_classes
+from egoattn.data.transforms import Normalize
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.models.registry import create_model
 from egoattn.fileio import atomic_path, read_yaml, write_json, write_text_atomic
@@ -165,15 +166,6 @@ def load_init_weights(model: nn.Module, recipe: Recipe, classes: list[str]) -> N
 
 # --- data -----------------------------------------------------------------------------------------
 
-def input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The mean/std of the first RGB backbone's weights (bundled EfficientNet-Lite0: 0.5 / 0.5)."""
-    for module in model.modules():
-        mean, std = getattr(module, "mean", None), getattr(module, "std", None)
-        if isinstance(mean, tuple) and isinstance(std, tuple) and len(mean) == 3:
-            return mean, std
-    return None
-
-
 def make_datamodule(recipe: Recipe, data: str | Path, model: nn.Module, split: str | None = None,
                     batch_size: int | None = None, val: str | None = None, flow_test_stacks: int = 1) -> EgoDataModule:
     """The recipe's EgoDataModule, normalising rgb as the model's backbone expects."""
@@ -185,10 +177,8 @@ def make_datamodule(recipe: Recipe, data: str | Path, model: nn.Module, split: s
         flow_test_stacks=flow_test_stacks, flow_train_start=d.flow_train_start,
         flow_train_jitter=d.flow_train_jitter, flow_size=d.flow_size,
     )
-    norm = input_normalisation(model)
-    if norm is not None:
-        options["mean"], options["std"] = norm
-    return EgoDataModule(**options)
+    norm = Normalize.for_model(model)
+    return EgoDataModule(**options, mean=norm.mean, std=norm.std)
 
 
 # --- callbacks ------------------------------------------------------------------------------------

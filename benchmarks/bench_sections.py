@@ -136,7 +136,7 @@ def matmul_peak(sz: Sizes, device: torch.device) -> tuple[Section, dict[str, flo
 
 def inference(sz: Sizes, device: torch.device, tmp: Path) -> Section:
     from bench_child import predictor as make_predictor
-    from egoattn.data.video import iter_frames, probe_video, read_frames, write_video
+    from egoattn.data.video import iter_decoded, iter_frames, probe_video, write_video
     from egoattn.inference.predict import predict_video
 
     s = Section("Inference: end-to-end predict vs bare backbone")
@@ -157,8 +157,8 @@ def inference(sz: Sizes, device: torch.device, tmp: Path) -> Section:
     s.add("video", info.num_frames, "frames", f"{video.name} {info.width}x{info.height} @ {info.fps:g} fps; "
           f"model input {T} x {size}px, float32, one window per forward (batch 1)")
 
-    frames = read_frames(video, list(range(T)))
-    predictor([prep.crop(f) for f in frames])  # warm-up
+    shrunk = list(iter_frames(video, 0, T, short_side=prep.resize))  # the first window, as predict converts it
+    predictor([prep.crop(f) for f in shrunk])  # warm-up
     holder: dict[str, Any] = {}
 
     def run() -> None:
@@ -185,15 +185,20 @@ def inference(sz: Sizes, device: torch.device, tmp: Path) -> Section:
     bare, full = T / t_bb, T / t_model
     s.add("bare backbone forward", bare, "frames/s", f"efficientnet_lite0, {T} frames per call, {windows} calls")
     s.add("whole model forward", full, "frames/s", "backbone + CAM + ConvLSTM + classifier")
-    t_dec = best_time(lambda: sum(1 for _ in iter_frames(video)), device, repeat=2, budget=sz.budget, warmup=0)
+    t_dec = best_time(lambda: sum(1 for _ in iter_decoded(video)), device, repeat=2, budget=sz.budget, warmup=0)
     s.add("decode only (PyAV)", info.num_frames / t_dec, "frames/s")
-    t_prep = best_time(lambda: prep.to_tensor([prep.crop(f) for f in frames]), device, repeat=5, budget=sz.budget)
+    t_rgb = best_time(lambda: sum(1 for _ in iter_frames(video, short_side=prep.resize)), device, repeat=2,
+                      budget=sz.budget, warmup=0)
+    s.add("decode + RGB conversion shrinking to the short side", info.num_frames / t_rgb, "frames/s",
+          f"FrameToRGB({prep.resize}): swscale area + full chroma")
+    t_prep = best_time(lambda: prep.to_tensor([prep.crop(f) for f in shrunk]), device, repeat=5, budget=sz.budget)
     s.add("crop + normalise", T / t_prep, "frames/s")
 
     r = s.ratio("inference_e2e", "end-to-end predict / bare backbone (frames/s)", e2e / bare, op=">=", threshold=0.8)
     if r.verdict == "MISS":
         per = {"backbone": t_bb / T, "CAM+ConvLSTM+head": max(0.0, (t_model - t_bb) / T),
-               "decode": t_dec / model_frames, "crop+normalise": t_prep / T}
+               "decode": t_dec / model_frames, "RGB+shrink": max(0.0, t_rgb - t_dec) / model_frames,
+               "crop+normalise": t_prep / T}
         per["other"] = max(0.0, t_e2e / model_frames - sum(per.values()))
         total = t_e2e / model_frames
         s.note("inference: per model frame " + ", ".join(f"{k} {1e3 * v:.2f} ms ({100 * v / total:.0f}%)"

@@ -30,6 +30,7 @@ from egoattn.inference.predict import (
     list_videos,
     predict_video,
     predict_videos,
+    window_crops,
     prefetch,
     window_plan,
 )
@@ -178,14 +179,35 @@ def test_predict_every_real_video(tmp_path: Path) -> None:
 
 
 def test_only_sampled_frames_are_preprocessed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sampled frame is converted to RGB (shrunk to `resize` by the decoder) and cropped once; the
+    other frames are decoded and dropped without conversion."""
+    from egoattn.data.video import FrameToRGB
+
     predictor = tiny_predictor()
-    calls = []
-    real = Preprocessing.crop
-    monkeypatch.setattr(Preprocessing, "crop", lambda self, f: calls.append(f.shape) or real(self, f))
+    conversions, calls = [], []
+    real_convert, real_crop = FrameToRGB.__call__, Preprocessing.crop
+    monkeypatch.setattr(FrameToRGB, "__call__", lambda self, f: conversions.append(1) or real_convert(self, f))
+    monkeypatch.setattr(Preprocessing, "crop", lambda self, f: calls.append(f.shape) or real_crop(self, f))
     r = predict_video(predictor, REAL_VIDEOS / "test.avi", window=2.0, stride=1.0)
     wanted = set(np.concatenate([w.frame_indices for w in r.windows]).tolist())
-    assert len(calls) == len(wanted) < r.num_frames
-    assert all(shape == (240, 320, 3) for shape in calls)
+    assert len(conversions) == len(calls) == len(wanted) < r.num_frames
+    assert all(shape == (72, 96, 3) for shape in calls)  # 320x240 shrunk to short side 72 while decoding
+
+
+def test_video_windows_see_the_frames_prepare_makes() -> None:
+    """predict's crops of a video are the centre crops of the frames `egoattn prepare` would store for
+    it before JPEG (the same decoder-side shrink), and within a few levels of INTER_AREA on full frames."""
+    from egoattn.data.prepare import target_size
+
+    prep = Preprocessing(4, "uniform", 72, 64, (0.5,) * 3, (0.5,) * 3)
+    video = REAL_VIDEOS / "test.avi"
+    plan = WindowPlan(30, 30, 30)
+    [(_, idx, crops)] = list(window_crops(prep, video, plan))
+    shrunk = np.stack(list(iter_frames(video, 0, 30, short_side=72)))[idx]
+    assert shrunk.shape[1:3] == target_size(240, 320, 72) == (72, 96)
+    np.testing.assert_array_equal(crops, shrunk[:, 4:68, 16:80])
+    full = np.stack([prep.crop(f) for f in iter_frames(video, 0, 30)])[idx]  # full frames + cv2 INTER_AREA
+    assert np.abs(crops.astype(int) - full.astype(int)).mean() < 2.0
 
 
 def test_crop_matches_the_test_transform() -> None:

@@ -326,13 +326,16 @@ def test_segments_on_a_real_video(tmp_path):
     assert set(recs) == {"long_0_6", "long_150_164"}
     assert (recs["long_0_6"].num_frames, recs["long_150_164"].num_frames) == (6, 14)
     assert (recs["long_150_164"].start, recs["long_150_164"].end) == (150, 164)
-    # the segment's frames are the video's frames 150..163
-    from egoattn.data.video import read_frames
+    # the segment's frames are the video's frames 150..163, shrunk by the decoder (as predict does)
+    from egoattn.data.video import iter_frames
 
-    ref = read_frames(REAL / "test.avi", [150, 163])
-    ref = np.stack([cv2.resize(f, (85, 64), interpolation=cv2.INTER_AREA) for f in ref])
+    ref = np.stack(list(iter_frames(REAL / "test.avi", 150, 164, short_side=64)))[[0, 13]]
+    assert ref.shape == (2, 64, 85, 3)
     got = ClipReader(tmp_path / "out" / recs["long_150_164"].path).read_rgb([0, 13])
     assert np.abs(got.astype(int) - ref.astype(int)).mean() < 4  # JPEG error only
+    full = np.stack(list(iter_frames(REAL / "test.avi", 150, 164)))[[0, 13]]
+    area = np.stack([cv2.resize(f, (85, 64), interpolation=cv2.INTER_AREA) for f in full])
+    assert np.abs(got.astype(int) - area.astype(int)).mean() < 5  # and close to INTER_AREA on full frames
 
 
 # --- synthetic source ------------------------------------------------------------------------------

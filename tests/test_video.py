@@ -185,3 +185,24 @@ def test_write_rejects_bad_frames_atomically(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         write_video(out, broken(), fps=10)
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_real
+def test_decoder_shrink_is_area_averaging_at_the_prepare_size():
+    """iter_frames(short_side=N): larger frames come shrunk to short side N (the rounding `prepare` uses),
+    close to full-size frames shrunk with cv2 INTER_AREA (the same area averaging, chroma interpolated at
+    full resolution instead of after conversion); frames not larger than N come unchanged, bit for bit."""
+    import cv2
+
+    from egoattn.data.prepare import target_size
+
+    path = REAL / "demo.mp4"
+    full = np.stack(list(iter_frames(path, 0, 20)))
+    shrunk = np.stack(list(iter_frames(path, 0, 20, short_side=146)))
+    assert shrunk.shape == (20, *target_size(256, 340, 146), 3) == (20, 146, 194, 3)
+    area = np.stack([cv2.resize(f, (194, 146), interpolation=cv2.INTER_AREA) for f in full])
+    diff = np.abs(shrunk.astype(int) - area.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 12
+    assert np.array_equal(np.stack(list(iter_frames(path, 0, 20, short_side=256))), full)
+    with pytest.raises(ValueError, match="short_side"):
+        list(iter_frames(path, 0, 1, short_side=0))

@@ -3,8 +3,9 @@
     OUT/classes.txt, OUT/manifest.csv (path = clips/<clip_id>.zip), OUT/prepare.json (the options),
     OUT/skipped.csv (path,problem of the bad inputs skipped with --skip-bad), OUT/clips/<clip_id>.zip
 
-Frames are resized so their short side is `short_side` (aspect kept, cv2.INTER_AREA) and flow is
-computed on the resized frames. A clip needs at least MIN_FRAMES = 2 frames (one flow pair).
+Frames are resized so their short side is `short_side` (aspect kept; anti-aliased: video frames are
+area-averaged by the decoder while it converts them to RGB, `video.FrameToRGB`, image frames with
+cv2.INTER_AREA) and flow is computed on the resized frames. A clip needs at least MIN_FRAMES = 2 frames (one flow pair).
 
 Resuming: a clip whose zip exists and opens cleanly is not prepared again, so an interrupted run is
 simply started again. Each zip carries its manifest row (meta.json "record"), so manifest.csv and
@@ -132,10 +133,9 @@ class PrepareReport:
 
 def target_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(new_height, new_width) with the short side = short_side, aspect kept (0 = unchanged)."""
-    if short_side == 0:
-        return height, width
-    s = short_side / min(height, width)
-    return max(1, round(height * s)), max(1, round(width * s))
+    from egoattn.data.video import short_side_size
+
+    return (height, width) if short_side == 0 else short_side_size(height, width, short_side)
 
 
 def _resize(img: np.ndarray, hw: tuple[int, int], interp: int = cv2.INTER_AREA) -> np.ndarray:
@@ -157,14 +157,15 @@ def _load_frames(clip: SourceClip, short_side: int) -> tuple[np.ndarray, float, 
     size: tuple[int, int] | None = None
     hw: tuple[int, int] | None = None
     if clip.video is not None:
-        from egoattn.data.video import iter_frames, probe_video
+        from egoattn.data.video import FrameToRGB, iter_decoded, probe_video
 
         fps = clip.fps or probe_video(clip.video).fps
-        for f in iter_frames(clip.video, clip.start, clip.end):
+        to_rgb = FrameToRGB(short_side or None)  # shrinks in the decoder, as `egoattn predict` does
+        for f in iter_decoded(clip.video, clip.start, clip.end):
             if size is None:
-                size = f.shape[:2]
+                size = (f.height, f.width)
                 hw = target_size(*size, short_side)
-            frames.append(_resize(f, hw))
+            frames.append(_resize(to_rgb(f), hw))  # a no-op unless frames are upscaled
         if clip.end is not None and len(frames) < clip.end - clip.start:
             raise BadInputError(clip.video, f"decoded only {len(frames)} frames of segment [{clip.start}, {clip.end})")
     else:

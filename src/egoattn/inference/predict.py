@@ -1,7 +1,7 @@
 """`egoattn predict`: action labels for raw videos, one clip or a timeline of windows.
 
-The video is streamed (`iter_frames`): each frame is cropped on arrival and kept only while a window
-in flight still needs it (a ring buffer of at most a few windows' sampled frames), so memory does not
+The video is streamed (`iter_decoded`): each sampled frame is converted and cropped on arrival (the
+others are decoded and dropped unconverted) and kept only while a window in flight still needs it (a ring buffer of at most a few windows' sampled frames), so memory does not
 grow with the video's length. Each window gets the recipe's frame sampler and test transform, so a
 clip gives the same logits as `egoattn evaluate` gives on the same frames.
 
@@ -11,8 +11,9 @@ adding to it (PyAV, OpenCV and torch release the GIL in their kernels). Crops st
 model's device; there one window is converted and normalised at once.
 
 Pre-processing of one frame: when its short side is larger than the recipe's `resize`, it is first
-shrunk to that short side with INTER_AREA (anti-aliased, as `egoattn prepare` shrinks source videos;
-the transform's bilinear Resize is then a no-op); then the test transform: Resize (short side),
+shrunk to that short side, anti-aliased, exactly as `egoattn prepare` shrinks source videos: by the
+decoder while it converts the frame to RGB (`FrameToRGB`; frames given as arrays: cv2 INTER_AREA).
+The transform's bilinear Resize is then a no-op. Then the test transform: Resize (short side),
 CenterCrop(size), Normalize with the backbone's mean/std.
 
 `--overlay` writes a second, also streamed, pass over the video: every frame with the label of the
@@ -37,6 +38,7 @@ from torch import nn
 
 from egoattn.data.samplers import ConsecutiveSampler, UniformSampler
 from egoattn.data.transforms import CenterCrop, Compose, Normalize, Resize, ToTensorClip, to_float
+from egoattn.data.video import FrameToRGB, iter_decoded, iter_frames, probe_video, short_side_size, write_video
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.fileio import write_json, write_text_atomic
 
@@ -88,12 +90,13 @@ class Preprocessing:
         return Compose((Resize(self.resize), CenterCrop(self.size), ToTensorClip()))
 
     def shrink(self, frame: np.ndarray) -> np.ndarray:
-        """Anti-aliased downscale to short side `resize` (frames already that small pass unchanged)."""
+        """Anti-aliased (INTER_AREA) downscale of an RGB array to short side `resize` (frames already that
+        small pass unchanged). Video frames are shrunk while decoding instead (`FrameToRGB(resize)`)."""
         h, w = frame.shape[:2]
         if min(h, w) <= self.resize:
             return frame
-        scale = self.resize / min(h, w)
-        return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        nh, nw = short_side_size(h, w, self.resize)
+        return cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
 
     def crop(self, frame: np.ndarray) -> np.ndarray:
         """One RGB uint8 frame (H, W, 3) of any size -> the (size, size, 3) uint8 crop the model sees."""
@@ -102,8 +105,7 @@ class Preprocessing:
 
     def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
         """The crop as (x0, y0, w, h) in fractions of the original frame."""
-        scale = self.resize / min(height, width)
-        rw, rh = max(1, round(width * scale)), max(1, round(height * scale))
+        rh, rw = short_side_size(height, width, self.resize)
         x0, y0 = (rw - self.size) // 2, (rh - self.size) // 2
         return x0 / rw, y0 / rh, self.size / rw, self.size / rh
 
@@ -328,19 +330,18 @@ def window_crops(prep: Preprocessing, video: str | Path, plan: WindowPlan
     """Decode `video` once; yield (window k, its absolute frame indices, its (T, size, size, 3) uint8 crops)
     as soon as the window's last sampled frame is decoded.
 
-    Only sampled frames are cropped, each once (windows that share a frame share its crop), and only
-    the crops of windows in flight are held (about (length / stride + 1) * T crops), whatever the
-    video's length.
+    Only sampled frames are converted and cropped, each once (windows that share a frame share its
+    crop), and only the crops of windows in flight are held (about (length / stride + 1) * T crops),
+    whatever the video's length.
     """
-    from egoattn.data.video import iter_frames
-
     video = Path(video)
+    to_rgb = FrameToRGB(prep.resize)
     waiting: dict[int, list[tuple[int, int]]] = {}  # frame index -> [(window, slot)]
     crops: dict[int, np.ndarray] = {}  # window -> (T, size, size, 3) uint8, filled as frames arrive
     missing: dict[int, int] = {}
     indices: dict[int, np.ndarray] = {}
     next_window, total = 0, len(plan)
-    for i, frame in enumerate(iter_frames(video)):
+    for i, frame in enumerate(iter_decoded(video)):
         while next_window < total and plan.bounds(next_window)[0] <= i:
             start, end = plan.bounds(next_window)
             idx = start + prep.sample(end - start)
@@ -352,7 +353,7 @@ def window_crops(prep: Preprocessing, video: str | Path, plan: WindowPlan
             next_window += 1
         if i not in waiting:
             continue
-        crop = prep.crop(frame)
+        crop = prep.crop(to_rgb(frame))
         del frame
         for k, slot in waiting.pop(i):
             crops[k][slot] = crop
@@ -391,7 +392,6 @@ def overlay_frames(video: str | Path, windows: Sequence[WindowPrediction], prep:
                    display_short_side: int = 360) -> Iterator[np.ndarray]:
     """Every frame of `video` (streamed), resized for display, with the nearest window's label and the
     attention of its nearest sampled frame drawn in the crop the model saw."""
-    from egoattn.data.video import iter_frames
     from egoattn.explain.overlay import overlay, put_label
 
     centres = [(w.start_frame + w.end_frame - 1) / 2 for w in windows]
@@ -420,8 +420,6 @@ def overlay_frames(video: str | Path, windows: Sequence[WindowPrediction], prep:
 def predict_video(predictor: Predictor, video: str | Path, window: float | None = None,
                   stride: float | None = None, top_k: int = 5, overlay: str | Path | None = None) -> VideoPrediction:
     """Top-k labels of one video (window=None: the whole video is one clip) or of each window."""
-    from egoattn.data.video import probe_video, write_video
-
     video = Path(video)
     info = probe_video(video)
     plan = window_plan(info.num_frames, info.fps, window, stride)

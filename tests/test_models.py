@@ -11,7 +11,7 @@ from egoattn.errors import BadInputError, ConfigError
 from egoattn.models import create_model, list_models, model_options
 from egoattn.models.registry import model_inputs
 from egoattn.models.attention import cam_attention, class_activation_map
-from egoattn.models.convlstm import ConvLSTM, ConvLSTMCell
+from egoattn.models.convlstm import ConvLSTM, ConvLSTMCell, InputGates
 from egoattn.models.heads import (MotionSegmentationHead, OrderPredictionHead, motion_segmentation_loss,
                                   resize_motion_maps)
 from egoattn.models.twostream import TwoStream
@@ -104,6 +104,37 @@ def test_convlstm_sequence_equals_stepping_the_fused_cell_with_gradients(kernel,
     ref_grads = torch.autograd.grad(ref_loss, [x, seq.cell.conv.weight, seq.cell.conv.bias])
     for ours, ref in zip(grads, ref_grads):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_input_gates_gradients_pass_gradcheck():
+    """The x part's custom backward (im2col + GEMM weight gradient) against finite differences."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: InputGates.apply(*a, 1), (x, w, b))
+    torch.testing.assert_close(InputGates.apply(x, w, b, 1), F.conv2d(x, w, b, padding=1))
+
+
+def test_convlstm_under_bfloat16_autocast_follows_float32():
+    """Under bf16 autocast the sequence computes in bf16 and hands fp32 weights fp32 gradients close to
+    the fp32 ones (bf16 keeps 8 bits of mantissa: agreement to a few percent of the largest value)."""
+    torch.manual_seed(0)
+    seq = ConvLSTM(16, 8)
+    x = torch.randn(2, 4, 16, 5, 5)
+
+    def run(autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        seq.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, _, (_, c) = seq(x)
+        c.float().square().sum().backward()
+        return c.float(), seq.cell.conv.weight.grad
+
+    c32, g32 = run(False)
+    c16, g16 = run(True)
+    assert g16.dtype == torch.float32
+    assert (c16 - c32).abs().max() < 0.03 * c32.abs().max()
+    assert (g16 - g32).abs().max() < 0.05 * g32.abs().max()
 
 
 def test_convlstm_computes_no_gradient_for_a_frozen_input():

@@ -10,15 +10,21 @@ c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t); sigmoid for i, f, o, tanh for g
 forget-gate bias offset, zero initial state. Init as the reference: Xavier-normal per gate and per
 x / h part (i.e. with the fans of the separate convolutions), zero bias.
 
-:class:`ConvLSTM` runs the same function over a sequence as matrix products (im2col + GEMM) on the
-same weight: the x part of all T steps in one product (x does not depend on the recurrence), then
-per step only the h part (skipped at the zero initial state). With 5x5..7x7 feature maps a direct
-convolution reaches about half the matmul peak on CPU, the products about 85-90 %, and autograd then
-computes no gradient for an input that needs none (frozen features). Results equal the fused
-convolution's up to float32 summation order (about 1e-6 relative).
+:class:`ConvLSTM` runs the same function over a sequence on the same weight: the x part of all T steps
+in one convolution (x does not depend on the recurrence), then per step only the h part (skipped at
+the zero initial state) as a matrix product (im2col + GEMM). Measured on the 2-core AMD CPU (B 4 x 16
+steps, 512 -> 512 channels, 7x7): oneDNN's convolution computes the x part about 1.4x faster than
+im2col + MKL's GEMM, but its weight gradient is slower than the product, so the x part's backward is
+im2col + GEMM (:class:`InputGates`); per step, with a 7x7 map, the product beats the convolution both
+ways. Against all-GEMM, interleaved on that CPU: inference 0.71-0.73x the time (0.76-0.81x at the
+demo's 5x5, 64 channels), forward + backward 0.96-1.0x, and the backward keeps x, not its 9x larger
+im2col. Autograd computes no gradient for an input that needs none (frozen features). Results equal
+the fused convolution's up to float32 summation order (about 1e-6 relative).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +62,51 @@ class ConvLSTMCell(nn.Module):
         return h, c
 
 
+def columns(z: Tensor, kernel_size: int, padding: int) -> Tensor:
+    """im2col: (N, C, h, w) -> (C * k * k, N * h * w), positions ordered (n, y, x)."""
+    cols = F.unfold(z, kernel_size, padding=padding)
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+
+class InputGates(torch.autograd.Function):
+    """``conv2d(x, weight, bias)`` with the weight gradient as im2col + one GEMM (see the module doc).
+
+    Inputs must share one dtype (the caller applies autocast's cast), so the backward's product is in
+    the forward's precision.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_rows = grad.transpose(0, 1).reshape(weight.shape[0], -1)  # (out, N * h * w), (n, y, x) order
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=ctx.padding)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_rows @ columns(x, weight.shape[-1], ctx.padding).t()).view_as(weight)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_rows.sum(1)
+        return grad_x, grad_w, grad_b, None
+
+
+def input_gates(x: Tensor, weight: Tensor, bias: Tensor, padding: int) -> Tensor:
+    """The x part of the gates, (N, Cin, h, w) -> (N, 4 * hidden, h, w), through :class:`InputGates`
+    when a gradient is needed, in autocast's dtype when autocast is on."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return InputGates.apply(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
 class ConvLSTM(nn.Module):
     """Runs a :class:`ConvLSTMCell` over time (dimension 1), as matrix products (see the module doc).
 
@@ -77,11 +128,8 @@ class ConvLSTM(nn.Module):
         batch, steps, _, height, width = x.shape
         k, pad = cell.conv.kernel_size[0], cell.conv.padding[0]
         positions = batch * height * width
-        w_x, w_h = cell.conv.weight.flatten(1).split([cell.in_channels * k * k, hidden * k * k], dim=1)
-
-        def columns(z: Tensor) -> Tensor:  # (N, C, h, w) -> im2col (C * k * k, N * h * w)
-            cols = F.unfold(z, k, padding=pad)
-            return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+        w_x = cell.conv.weight[:, : cell.in_channels]
+        w_h = cell.conv.weight.flatten(1)[:, cell.in_channels * k * k:]
 
         def to_layout(z: Tensor) -> Tensor:  # (B, hidden, h, w) -> (hidden, B * h * w)
             return z.transpose(0, 1).reshape(hidden, positions)
@@ -91,9 +139,10 @@ class ConvLSTM(nn.Module):
             b = z.dim() - 3  # explicit non-negative permutation: the ONNX exporter mishandles movedim(-3, 0)
             return z.permute(b, *[d for d in range(z.dim()) if d != b]).contiguous()
 
-        # x part of every step at once; columns ordered (t, b, y, x) so step t is one block.
-        gates_x = torch.addmm(cell.conv.bias.unsqueeze(1), w_x, columns(x.transpose(0, 1).flatten(0, 1)))
-        gates_x = gates_x.view(4 * hidden, steps, positions)
+        # x part of every step at once, frames ordered (t, b); then laid out (4 * hidden, T, B * h * w).
+        gates_x = input_gates(x.transpose(0, 1).flatten(0, 1), w_x, cell.conv.bias, pad)
+        gates_x = gates_x.view(steps, batch, 4 * hidden, height * width).permute(2, 0, 1, 3)
+        gates_x = gates_x.reshape(4 * hidden, steps, positions)
         h = c = None
         if state is not None:
             h, c = to_layout(state[0]), to_layout(state[1])
@@ -104,7 +153,7 @@ class ConvLSTM(nn.Module):
                 c = torch.sigmoid(i) * torch.tanh(g)
             else:
                 h_img = h.view(hidden, batch, height, width).transpose(0, 1)
-                i, f, o, g = torch.addmm(gates_x[:, t], w_h, columns(h_img)).chunk(4, dim=0)
+                i, f, o, g = torch.addmm(gates_x[:, t], w_h, columns(h_img, k, pad)).chunk(4, dim=0)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             hs.append(h)

@@ -27,6 +27,7 @@ from egoattn.data.workers import one_thread_per_worker, worker_context
 from bench_util import (
     Section,
     best_time,
+    best_times_interleaved,
     build_dataset,
     long_video_frames,
     native_bf16,
@@ -109,22 +110,64 @@ def convlstm_executed_flops(batch: int, steps: int, in_channels: int, hidden: in
 # --- 1. matmul peak ---------------------------------------------------------------------------------
 
 
+def _square_products(device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[int], Callable[[], Any]]]:
+    """Dense n x n by n x n products (about 2 n^3 FLOPs) through each library torch calls on this device:
+    BLAS (torch.matmul) and, on the CPU, oneDNN as a 1x1 convolution (n -> n channels over n positions)
+    and as a 3x3 convolution (n / 9 -> n channels over n positions: an implicit GEMM of that shape)."""
+
+    def matmul(n: int) -> Callable[[], Any]:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        return lambda: torch.matmul(a, b)
+
+    def conv1x1(n: int) -> Callable[[], Any]:
+        side = int(round(n ** 0.5))
+        w = torch.randn(n, n, 1, 1, device=device).to(dtype)
+        x = torch.randn(1, n, side, n // side, device=device).to(dtype)
+        return lambda: F.conv2d(x, w)
+
+    def conv3x3(n: int) -> Callable[[], Any]:
+        cin, side = n // 9, int(round(n ** 0.5))
+        w = torch.randn(n, cin, 3, 3, device=device).to(dtype)
+        x = torch.randn(1, cin, side, n // side, device=device).to(dtype)
+        return lambda: F.conv2d(x, w, padding=1)
+
+    kernels: dict[str, Callable[[int], Callable[[], Any]]] = {"torch.matmul": matmul}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        kernels.update({"oneDNN 1x1 convolution": conv1x1, "oneDNN 3x3 convolution": conv3x3})
+    return kernels
+
+
+def _product_flops(kernel: str, n: int) -> float:
+    """FLOPs of one call of a :func:`_square_products` kernel at size n: the convolutions' maps round n
+    positions to a rectangle, the 3x3 one's inputs to 9 * (n // 9)."""
+    if kernel == "torch.matmul":
+        return 2.0 * n**3
+    side = int(round(n ** 0.5))
+    inner = 9 * (n // 9) if kernel.endswith("3x3 convolution") else n
+    return 2.0 * n * inner * side * (n // side)
+
+
 def matmul_peak(sz: Sizes, device: torch.device) -> tuple[Section, dict[str, float]]:
-    """Best torch.matmul GFLOP/s on square matrices; n doubles while one product takes < 0.1 s."""
+    """The machine's dense-product peak: best GFLOP/s over the libraries torch uses (see _square_products);
+    n doubles while one product takes < 0.1 s. On the AMD CPU, MKL's float32 GEMM reaches less than
+    oneDNN's convolutions, whose kernels the ConvLSTM and the backbones run: a share of the BLAS figure
+    alone could exceed 100 %."""
     s = Section("Matmul peak (the reference for every share of peak)")
     peak: dict[str, float] = {}
     for name, dtype in PRECISIONS.items():
-        n, best = 128, 0.0
-        while True:
-            a = torch.randn(n, n, device=device).to(dtype)
-            b = torch.randn(n, n, device=device).to(dtype)
-            t = best_time(lambda: torch.matmul(a, b), device, repeat=5, budget=sz.budget, warmup=1)
-            best = max(best, 2 * n**3 / t / 1e9)
-            if t > 0.1 or n >= sz.matmul_max_n:
-                break
-            n *= 2
-        peak[name] = best
-        s.add(f"matmul peak {name}", best, "GFLOP/s", f"largest n = {n}, best of up to 5")
+        best_of: dict[str, float] = {}
+        for kernel, make in _square_products(device, dtype).items():
+            n, best = 128, 0.0
+            while True:
+                t = best_time(make(n), device, repeat=5, budget=sz.budget, warmup=1)
+                best = max(best, _product_flops(kernel, n) / t / 1e9)
+                if t > 0.1 or n >= sz.matmul_max_n:
+                    break
+                n *= 2
+            best_of[kernel] = best
+            s.add(f"{kernel} {name}", best, "GFLOP/s", f"largest n = {n}, best of up to 5")
+        peak[name] = max(best_of.values())
+        s.add(f"matmul peak {name}", peak[name], "GFLOP/s", f"best of the above: {max(best_of, key=best_of.get)}")
     if not native_bf16() and device.type == "cpu":
         s.note("this CPU has no bfloat16 instructions (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): bfloat16 "
                "matmul runs an emulated fallback, so bf16 'peak' and bf16 speed-ups are low here")
@@ -164,24 +207,28 @@ def inference(sz: Sizes, device: torch.device, tmp: Path) -> Section:
     def run() -> None:
         holder["r"] = predict_video(predictor, video, window=window, stride=window, top_k=1)
 
-    t_e2e = best_time(run, device, repeat=sz.infer_repeat, budget=sz.budget, warmup=0)
-    model_frames = len(holder["r"].windows) * T
-    e2e = model_frames / t_e2e
-    s.add("end-to-end predict", e2e, "frames/s", f"{len(holder['r'].windows)} windows, decode + crop + model")
-
-    # The bare forwards get the same statistic as end-to-end: the best of `infer_repeat` runs over as many
-    # calls as predict makes (one per window). The best single call of a few would pick the quietest
-    # 50 ms of a shared 2-core machine, whose speed varies by 10-15 % from call to call.
-    x = torch.randn(T, 3, size, size, device=device)
+    run()  # the number of windows, to give the bare forwards as many calls
     windows = len(holder["r"].windows)
+    model_frames = windows * T
+    x = torch.randn(T, 3, size, size, device=device)
 
     def calls(fn: Callable[[], Any]) -> Callable[[], None]:
-        return lambda: [fn() for _ in range(windows)]  # type: ignore[func-returns-value]
+        def go() -> None:
+            with torch.inference_mode():
+                for _ in range(windows):
+                    fn()
+        return go
 
-    with torch.inference_mode():
-        t_bb = best_time(calls(lambda: model.backbone(x)), device, repeat=sz.infer_repeat, budget=sz.budget) / windows
-        t_model = best_time(calls(lambda: model(rgb=x[None])), device, repeat=sz.infer_repeat,
-                            budget=sz.budget) / windows
+    # All three get the same statistic, interleaved: the best of `infer_repeat` rounds, each round one
+    # end-to-end predict and as many bare calls as predict makes (one per window). The best single call
+    # of a few would pick the quietest 50 ms of a shared 2-core machine, whose speed varies by 10-15 %
+    # from call to call; taking turns keeps a slow stretch off one side of the ratio.
+    times = best_times_interleaved({"e2e": run, "backbone": calls(lambda: model.backbone(x)),
+                                    "model": calls(lambda: model(rgb=x[None]))}, device,
+                                   rounds=sz.infer_repeat + 1, budget=4 * sz.budget, warmup=0)
+    t_e2e, t_bb, t_model = times["e2e"], times["backbone"] / windows, times["model"] / windows
+    e2e = model_frames / t_e2e
+    s.add("end-to-end predict", e2e, "frames/s", f"{windows} windows, decode + crop + model")
     bare, full = T / t_bb, T / t_model
     s.add("bare backbone forward", bare, "frames/s", f"efficientnet_lite0, {T} frames per call, {windows} calls")
     s.add("whole model forward", full, "frames/s", "backbone + CAM + ConvLSTM + classifier")
@@ -461,18 +508,13 @@ def stage1(sz: Sizes, device: torch.device, peak: dict[str, float]) -> tuple[Sec
     items = [{"frame_features": {k: v[i].cpu() for k, v in feats.items()}, "label": int(label[i]), "clip_id": str(i)}
              for i in range(B)]
     cache_loader = DataLoader(CachedClips([items]), batch_size=B, shuffle=False)
-    opt = restore()
+    cached_opt = restore()
     cached_losses: list[float] = []
 
     def cached_step() -> None:
         b = next(iter(cache_loader))
         b = {"frame_features": {k: v.to(device) for k, v in b["frame_features"].items()}, "label": b["label"].to(device)}
-        task_step(opt, b, cached_losses)
-
-    # Best of 4 on both sides of the ratio: the first step of each allocates Adam's state, and one more
-    # run is what keeps a stray scheduling hiccup on 2 cores out of a ratio of two ~2 s steps.
-    steps = 2 if sz.quick else 4
-    t_cached = best_time(cached_step, device, repeat=steps, budget=steps * sz.budget, warmup=0)
+        task_step(cached_opt, b, cached_losses)
 
     # The trainable part alone: ConvLSTM + classifier forward/backward + Adam on ready attended inputs.
     with torch.no_grad():
@@ -481,16 +523,22 @@ def stage1(sz: Sizes, device: torch.device, peak: dict[str, float]) -> tuple[Sec
         if model.input_proj is not None:
             x = model.input_proj(x)
         x = x.view(B, T, *x.shape[1:])
-    opt = restore()
+    alone_opt = optimizer_of(task)  # its own Adam state, on the same (restored) weights
 
     def trainable_step() -> None:
         torch.manual_seed(0)
-        opt.zero_grad(set_to_none=True)
+        alone_opt.zero_grad(set_to_none=True)
         _, _, (_, c) = model.convlstm(x)
         F.cross_entropy(model.classifier(c.mean(dim=(2, 3))), label).backward()
-        opt.step()
+        alone_opt.step()
 
-    t_alone = best_time(trainable_step, device, repeat=steps, budget=steps * sz.budget, warmup=0)
+    # Both sides of the ratio interleaved, best of 4 each: the first step of each allocates Adam's state,
+    # and taking turns keeps a slow stretch of the shared 2-core machine off one side of a ratio of two
+    # ~2 s steps. Both optimisers update the same weights, which changes neither step's cost.
+    steps = 2 if sz.quick else 4
+    times = best_times_interleaved({"cached": cached_step, "alone": trainable_step}, device, rounds=steps,
+                                   budget=2 * steps * sz.budget, warmup=0)
+    t_cached, t_alone = times["cached"], times["alone"]
 
     # Uncached step, ours: batched backbone + fused ConvLSTM.
     opt = restore()
@@ -523,7 +571,7 @@ def stage1(sz: Sizes, device: torch.device, peak: dict[str, float]) -> tuple[Sec
     r = s.ratio("stage1_cached_overhead", "cached step / trainable part alone (time)", t_cached / t_alone,
                 op="<=", threshold=1.1)
     if r.verdict == "MISS":
-        opt = restore()
+        cached_opt = restore()
         s.note("cached step, torch.profiler: " + torch_top_ops(cached_step))
     diff = abs(cached_losses[0] - uncached_losses[0])
     s.add("loss at init: cached / uncached / reference", cached_losses[0], "",
@@ -540,10 +588,18 @@ def stage1(sz: Sizes, device: torch.device, peak: dict[str, float]) -> tuple[Sec
     variants = {"float32": (torch.float32, False), "float32 + channels-last": (torch.float32, True),
                 "bf16 autocast": (torch.bfloat16, False), "bf16 autocast + channels-last": (torch.bfloat16, True)}
     nets = {False: model.backbone, True: copy.deepcopy(model.backbone).to(memory_format=torch.channels_last)}
-    for name, (dtype, cl) in variants.items():
-        inp = frames.contiguous(memory_format=torch.channels_last) if cl else frames
-        with torch.no_grad(), autocast(device, dtype):
-            t = best_time(lambda: nets[cl](inp), device, repeat=2, budget=sz.budget, warmup=0)
+    inputs = {False: frames, True: frames.contiguous(memory_format=torch.channels_last)}
+
+    def forward(dtype: torch.dtype, cl: bool) -> Callable[[], None]:
+        def go() -> None:
+            with torch.no_grad(), autocast(device, dtype):
+                nets[cl](inputs[cl])
+        return go
+
+    # Interleaved (see best_times_interleaved): the 2x target compares variants timed seconds apart.
+    times = best_times_interleaved({name: forward(*v) for name, v in variants.items()}, device, rounds=2,
+                                   budget=4 * sz.budget, warmup=0)
+    for name, t in times.items():
         rates[name] = n / t
         s.add(f"backbone forward {name}", rates[name], "frames/s", f"{n} frames per call")
     speedup = rates["bf16 autocast + channels-last"] / rates["float32"]

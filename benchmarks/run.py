@@ -3,7 +3,8 @@
     python benchmarks/run.py [--quick] [--out BENCHMARKS.md]
 
 Measures, on this machine and in this order:
-  1. the torch.matmul peak in float32 and bfloat16 (the reference for every "share of peak");
+  1. the dense-product peak in float32 and bfloat16, best of torch.matmul and oneDNN's convolutions
+     (the reference for every "share of peak");
   2. end-to-end `predict` throughput against the bare backbone on the same frames;
   3. clips/s of the training DataLoader against one training step's consumption and a PNG+PIL loader;
   4. an Ego-RNN stage-1 step (frozen backbone) against the reference way of building it, cached

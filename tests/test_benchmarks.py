@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import bench_sections as bs  # noqa: E402
+import bench_util  # noqa: E402
 from bench_util import Ratio, verdict  # noqa: E402
 
 from egoattn.models.convlstm import ConvLSTMCell  # noqa: E402
@@ -36,6 +37,27 @@ def test_verdict_applies_the_target_direction():
         verdict(1.0, ">", 0.5)
     line = Ratio("dis_pairs", "DIS pairs/s", 150.0, "", ">=", 100.0).text()
     assert line.startswith("ratio dis_pairs: 150") and line.endswith("PASS")
+
+
+def test_peak_kernels_compute_the_products_their_flop_count_assumes():
+    """Each peak kernel is an n x n x n product: 1x1 = the matmul of its weight and input; the 3x3
+    convolution has (n / 9) * 9 inputs per output, and FLOPs are counted from those shapes."""
+    kernels = bs._square_products(torch.device("cpu"), torch.float32)
+    assert kernels["torch.matmul"](80)().shape == (80, 80) and bs._product_flops("torch.matmul", 80) == 2 * 80**3
+    if "oneDNN 1x1 convolution" in kernels:
+        for kernel, inputs in (("oneDNN 1x1 convolution", 80), ("oneDNN 3x3 convolution", 9 * (80 // 9))):
+            out = kernels[kernel](80)()
+            positions = out[0, 0].numel()  # 9 x 8: n rounded to a rectangle
+            assert out.shape[1] == 80 and positions == 72
+            assert bs._product_flops(kernel, 80) == 2 * 80 * inputs * positions
+
+
+def test_interleaved_timing_takes_turns_and_keeps_each_best():
+    order: list[str] = []
+    times = bench_util.best_times_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                              torch.device("cpu"), rounds=3, budget=60.0, warmup=1)
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert set(times) == {"a", "b"} and all(0 <= t < 1 for t in times.values())
 
 
 def test_convlstm_flops_counts_the_fused_convolution():

@@ -16,9 +16,10 @@ the zero initial state) as a matrix product (im2col + GEMM). Measured on the 2-c
 steps, 512 -> 512 channels, 7x7): oneDNN's convolution computes the x part about 1.4x faster than
 im2col + MKL's GEMM, but its weight gradient is slower than the product, so the x part's backward is
 im2col + GEMM (:class:`InputGates`); per step, with a 7x7 map, the product beats the convolution both
-ways. Against all-GEMM, interleaved on that CPU: inference 0.71-0.73x the time (0.76-0.81x at the
-demo's 5x5, 64 channels), forward + backward 0.96-1.0x, and the backward keeps x, not its 9x larger
-im2col. Autograd computes no gradient for an input that needs none (frozen features). Results equal
+ways. Against all-GEMM, interleaved on that CPU with freed memory kept (as `egoattn` runs, see
+egoattn.memory): inference 0.85x the time (0.78x at the demo's 5x5, 64 channels; 0.85-0.91x at batch
+1, 4x4, 128), forward + backward unchanged within the noise (0.95-1.07x), and the backward keeps x,
+not its 9x larger im2col. Autograd computes no gradient for an input that needs none (frozen features). Results equal
 the fused convolution's up to float32 summation order (about 1e-6 relative).
 """
 

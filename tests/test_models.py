@@ -76,8 +76,9 @@ def test_fused_convlstm_equals_eight_convolution_reference():
 
 @pytest.mark.parametrize("kernel,with_state", [(3, False), (3, True), (5, False), (1, True)])
 def test_convlstm_sequence_equals_stepping_the_fused_cell_with_gradients(kernel, with_state):
-    """ConvLSTM.forward (im2col + matrix products, x part of all steps at once, no h part at the zero
-    state) is the fused cell stepped over time: outputs, final state and gradients of x, weight, bias."""
+    """ConvLSTM.forward (x part of all steps as one convolution, h part as im2col + matrix products, no h
+    part at the zero state) is the fused cell stepped over time: outputs, final state and gradients of
+    x, weight, bias."""
     torch.manual_seed(0)
     cin, hid, b, t, size = 5, 4, 2, 3, 6
     seq = ConvLSTM(cin, hid, kernel)

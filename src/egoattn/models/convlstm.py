@@ -109,7 +109,8 @@ def input_gates(x: Tensor, weight: Tensor, bias: Tensor, padding: int) -> Tensor
 
 
 class ConvLSTM(nn.Module):
-    """Runs a :class:`ConvLSTMCell` over time (dimension 1), as matrix products (see the module doc).
+    """Runs a :class:`ConvLSTMCell` over time (dimension 1): the x part of all steps as one convolution,
+    the h part per step as a matrix product (see the module doc).
 
     Internally gates and states are laid out (channels, B * h * w): each product's weight gradient then
     comes out in the weight's own row-major layout (no transposing copies in the backward pass).

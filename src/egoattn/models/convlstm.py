@@ -19,8 +19,8 @@ im2col + GEMM (:class:`InputGates`); per step, with a 7x7 map, the product beats
 ways. Against all-GEMM, interleaved on that CPU with freed memory kept (as `egoattn` runs, see
 egoattn.memory): inference 0.85x the time (0.78x at the demo's 5x5, 64 channels; 0.85-0.91x at batch
 1, 4x4, 128), forward + backward unchanged within the noise (0.95-1.07x), and the backward keeps x,
-not its 9x larger im2col. Autograd computes no gradient for an input that needs none (frozen features). Results equal
-the fused convolution's up to float32 summation order (about 1e-6 relative).
+not its 9x larger im2col. Autograd computes no gradient for an input that needs none (frozen
+features). Results equal the fused convolution's up to float32 summation order (about 1e-6 relative).
 """
 
 from __future__ import annotations

@@ -27,24 +27,23 @@ QUICK_TRAIN_OVERRIDES = ["data.size=64", "data.resize=73", "data.num_frames=6", 
 PREDICT_WINDOW, PREDICT_STRIDE = 2.0, 10.0
 
 
-def predict_model(size: int):
-    """The benchmark's inference model: random-weight Ego-RNN head on the bundled EfficientNet-Lite0."""
-    from egoattn.models.registry import create_model
-
-    return create_model("egornn", 14, backbone="efficientnet_lite0", weights="bundled", hidden=128,
-                        input_proj=128, input_size=size)
-
-
-def predictor(size: int, frames: int, device=None):
+def predictor(quick: bool = False, device=None):
+    """The benchmarks' inference model: the demo recipe's (its RGB stream: what `egoattn predict` serves
+    after `egoattn demo`; --quick shrinks it as it shrinks training), with random head weights on the bundled ImageNet EfficientNet-Lite0, in the
+    memory format and with the pre-processing `egoattn predict` gives a run of that recipe (load_run,
+    Preprocessing.from_recipe)."""
     import torch
 
     from egoattn.inference.predict import Predictor, Preprocessing
+    from egoattn.models.registry import create_model
+    from egoattn.training.config import apply_overrides, load_recipe
 
+    recipe = apply_overrides(load_recipe("demo"), QUICK_TRAIN_OVERRIDES if quick else [])
     torch.manual_seed(0)
-    model = predict_model(size)
-    bb = model.backbone
-    prep = Preprocessing(frames, "uniform", round(size * 146 / 128), size, bb.mean, bb.std)
-    return Predictor(model, [f"class{i}" for i in range(14)], prep, device)
+    model = create_model(recipe.model.name, 14, **recipe.model.options)
+    if recipe.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return Predictor(model, [f"class{i}" for i in range(14)], Preprocessing.from_recipe(recipe, model), device)
 
 
 def run_train(data: Path, out: Path, quick: bool) -> dict:
@@ -58,7 +57,7 @@ def run_train(data: Path, out: Path, quick: bool) -> dict:
 def run_predict(video: Path, quick: bool) -> dict:
     from egoattn.inference.predict import predict_video
 
-    p = predictor(64 if quick else 128, 8 if quick else 12)
+    p = predictor(quick)
     result = predict_video(p, video, window=PREDICT_WINDOW, stride=PREDICT_STRIDE, top_k=1)
     return {"what": "predict", "windows": len(result.windows), "frames": result.num_frames}
 

@@ -138,9 +138,10 @@ def best_time(fn: Callable[[], Any], device: torch.device, repeat: int = 3, budg
     return best
 
 
-def best_times_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int = 3,
-                           budget: float = 5.0, warmup: int = 1) -> dict[str, float]:
-    """Best wall time of each function, run in turn (a, b, a, b, ...) for up to ``rounds`` rounds.
+def times_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int = 3,
+                      budget: float = 5.0, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of each function, run in turn (a, b, a, b, ...) for up to ``rounds`` rounds: one list
+    per function, one entry per round.
 
     For the two sides of a ratio: timed one after the other, a slow minute of a shared 2-core machine
     lands on one side only; interleaved, both sides see the same conditions. Stops after the round in
@@ -150,17 +151,23 @@ def best_times_interleaved(fns: dict[str, Callable[[], Any]], device: torch.devi
         for _ in range(warmup):
             fn()
             sync(device)
-    best = {name: float("inf") for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     for _ in range(max(1, rounds)):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            times[name].append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget:
             break
-    return best
+    return times
+
+
+def best_times_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int = 3,
+                           budget: float = 5.0, warmup: int = 1) -> dict[str, float]:
+    """Best wall time of each function over the rounds of :func:`times_interleaved`."""
+    return {name: min(t) for name, t in times_interleaved(fns, device, rounds, budget, warmup).items()}
 
 
 # --- what limits a missed target ------------------------------------------------------------------

@@ -23,9 +23,10 @@ def make_tiny_run(run_dir: Path, **kwargs) -> Path:
     return tinyrun.make_tiny_run(run_dir, CLASSES, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("export") / "run")
+@pytest.fixture(scope="module", params=[False, True], ids=["contiguous", "channels_last"])
+def run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A run as trained contiguous, and one trained channels-last (it loads, and exports, in that format)."""
+    return make_tiny_run(tmp_path_factory.mktemp("export") / "run", channels_last=request.param)
 
 
 def pytorch_outputs(run: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

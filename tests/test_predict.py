@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import paths
+import tinyrun
 import torch
 from torch import nn
 
@@ -96,25 +97,9 @@ def make_long_video(path: Path, seconds: float, fps: float, height: int = 48, wi
     return path
 
 
-def make_tiny_run(run_dir: Path, classes: list[str], num_frames: int = 4, size: int = 96, resize: int = 110) -> Path:
-    """A run directory as `egoattn train` leaves it: config, classes and a best checkpoint of a small
-    random-weight Ego-RNN (ResNet-18 with CAM attention)."""
-    from egoattn.models.registry import create_model
-    from egoattn.training.config import validate_recipe
-
-    options = {"backbone": "resnet18", "weights": "none", "attention": True, "hidden": 8, "input_proj": 8,
-               "input_size": size}
-    recipe = validate_recipe({"name": "tiny", "model": {"name": "egornn", "options": options},
-                              "data": {"num_frames": num_frames, "size": size, "resize": resize,
-                                       "modalities": ["rgb"], "num_workers": 0, "batch_size": 2}}, "test")
-    torch.manual_seed(0)
-    model = create_model("egornn", len(classes), **options)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"recipe": recipe.model_dump(mode="json"), "classes": list(classes)}},
-               run_dir / "checkpoints" / "best.ckpt")
-    write_classes(run_dir / "classes.txt", classes)
-    return run_dir
+def make_tiny_run(run_dir: Path, classes: list[str], num_frames: int = 4, size: int = 96, resize: int = 110,
+                  channels_last: bool = False) -> Path:
+    return tinyrun.make_tiny_run(run_dir, classes, size, resize, num_frames, channels_last)
 
 
 # --- windows ----------------------------------------------------------------------------------------
@@ -298,6 +283,22 @@ def test_predict_agrees_with_evaluate(tmp_path: Path) -> None:
     theirs = preds.logits[0].astype(np.float64)
     np.testing.assert_allclose(ours - ours.mean(), theirs - theirs.mean(), atol=1e-4)
     assert result.windows[0].label == CLASSES[int(preds.logits[0].argmax())]
+
+
+def test_a_channels_last_run_predicts_in_channels_last(tmp_path: Path) -> None:
+    """A run trained with train.channels_last loads in that memory format (the faster CPU kernels) and
+    gives the contiguous model's logits up to float32 summation order."""
+    from egoattn.training.run import load_run
+
+    contiguous = load_run(make_tiny_run(tmp_path / "a", CLASSES))
+    channels_last = load_run(make_tiny_run(tmp_path / "b", CLASSES, channels_last=True))
+    conv = channels_last.model.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert contiguous.model.backbone.conv1.weight.is_contiguous()
+    crops = moving_shapes(4, 64, 64, seed=1)
+    a = Predictor.from_loaded(contiguous, device="cpu")(crops)
+    b = Predictor.from_loaded(channels_last, device="cpu")(crops)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
 
 
 # --- bad input, directories, overlay ------------------------------------------------------------------

@@ -10,6 +10,10 @@ c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t); sigmoid for i, f, o, tanh for g
 forget-gate bias offset, zero initial state. Init as the reference: Xavier-normal per gate and per
 x / h part (i.e. with the fans of the separate convolutions), zero bias.
 
+Under bfloat16 / float16 autocast the convolutions and products run in the reduced precision, but the
+gate nonlinearities and the states h, c stay float32 (egoattn.models.precision): c accumulates over every
+step, and in bfloat16 (8 significant bits) each step's f * c + i * g would round it again.
+
 :class:`ConvLSTM` runs the same function over a sequence on the same weight: the x part of all T steps
 in one convolution (x does not depend on the recurrence), then per step only the h part (skipped at
 the zero initial state) as a matrix product (im2col + GEMM). Measured on the 2-core AMD CPU (B 4 x 16
@@ -30,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from egoattn.models.precision import full_precision
 
 GATES = ("i", "f", "o", "g")
 
@@ -57,8 +63,8 @@ class ConvLSTMCell(nn.Module):
             zeros = x.new_zeros(x.shape[0], self.hidden, x.shape[2], x.shape[3])
             state = (zeros, zeros)
         h_prev, c_prev = state
-        i, f, o, g = self.conv(torch.cat([x, h_prev], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        i, f, o, g = full_precision(self.conv(torch.cat([x, h_prev], dim=1))).chunk(4, dim=1)
+        c = torch.sigmoid(f) * full_precision(c_prev) + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c
 
@@ -147,15 +153,16 @@ class ConvLSTM(nn.Module):
         gates_x = gates_x.reshape(4 * hidden, steps, positions)
         h = c = None
         if state is not None:
-            h, c = to_layout(state[0]), to_layout(state[1])
+            h, c = to_layout(state[0]), full_precision(to_layout(state[1]))
         hs, cs = [], []
         for t in range(steps):
             if h is None:  # zero initial state: the h part and f * c vanish
-                i, f, o, g = gates_x[:, t].chunk(4, dim=0)
+                i, f, o, g = full_precision(gates_x[:, t]).chunk(4, dim=0)
                 c = torch.sigmoid(i) * torch.tanh(g)
             else:
                 h_img = h.view(hidden, batch, height, width).transpose(0, 1)
-                i, f, o, g = torch.addmm(gates_x[:, t], w_h, columns(h_img, k, pad)).chunk(4, dim=0)
+                gates = torch.addmm(gates_x[:, t], w_h, columns(h_img, k, pad))
+                i, f, o, g = full_precision(gates).chunk(4, dim=0)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             hs.append(h)

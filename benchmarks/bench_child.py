@@ -29,9 +29,9 @@ PREDICT_WINDOW, PREDICT_STRIDE = 2.0, 10.0
 
 def predictor(quick: bool = False, device=None):
     """The benchmarks' inference model: the demo recipe's (its RGB stream: what `egoattn predict` serves
-    after `egoattn demo`; --quick shrinks it as it shrinks training), with random head weights on the bundled ImageNet EfficientNet-Lite0, in the
-    memory format and with the pre-processing `egoattn predict` gives a run of that recipe (load_run,
-    Preprocessing.from_recipe)."""
+    after `egoattn demo`; --quick shrinks it as it shrinks training), random head weights on the bundled
+    ImageNet EfficientNet-Lite0, in the memory format and with the pre-processing that `egoattn predict`
+    gives a run of that recipe (load_run, Preprocessing.from_recipe)."""
     import torch
 
     from egoattn.inference.predict import Predictor, Preprocessing

@@ -86,13 +86,22 @@ def test_same_seed_same_frames_any_worker_count(dataset, tmp_path):
 
 
 def test_resume_skips_complete_clips(dataset, tmp_path):
+    """Also: synthesising in-process (one worker, or a resume with one clip or none left) leaves the
+    caller's torch and OpenCV thread counts as they were; `egoattn demo` trains in that process after it
+    (it used to be left at one thread, and a resumed demo trained at half speed on 2 cores)."""
+    import cv2
+    import torch
+
     out = tmp_path / "r"
+    threads = (torch.get_num_threads(), cv2.getNumThreads())
     S.generate_synthetic(out, preset="small", seed=0, workers=1)
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == threads
     victim = out / "gt" / "S3_stir_jar_001.npz"
     kept = out / "videos" / "S1_take_cup_001.mp4"
     before = kept.stat().st_mtime_ns
     victim.unlink()
-    S.generate_synthetic(out, preset="small", seed=0, workers=1)
+    S.generate_synthetic(out, preset="small", seed=0, workers=2)  # one clip left: no pool either
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == threads
     assert kept.stat().st_mtime_ns == before  # not regenerated
     assert victim.exists()
     assert np.array_equal(np.load(victim)["keypoints"], np.load(dataset / "gt" / victim.name)["keypoints"])

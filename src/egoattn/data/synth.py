@@ -37,7 +37,7 @@ import numpy as np
 
 from egoattn.data.manifest import ClipRecord, split_label, write_classes, write_manifest
 from egoattn.data.video import write_video
-from egoattn.data.workers import one_thread_per_worker, worker_context
+from egoattn.data.workers import one_thread_here, one_thread_per_worker, worker_context
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.fileio import atomic_path, read_json, write_json
 
@@ -816,10 +816,10 @@ def generate_synthetic(out: Path, preset: str = "default", seed: int = 0, worker
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("clips", total=len(jobs), completed=len(jobs) - len(pending))
         if workers <= 1 or len(pending) <= 1:
-            one_thread_per_worker()
-            for job in pending:
-                _make_clip(job)
-                progress.advance(task)
+            with one_thread_here():
+                for job in pending:
+                    _make_clip(job)
+                    progress.advance(task)
         else:
             with worker_context().Pool(min(workers, len(pending)), initializer=one_thread_per_worker) as pool:
                 for _ in pool.imap_unordered(_make_clip, pending, chunksize=1):

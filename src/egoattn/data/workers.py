@@ -11,7 +11,9 @@ forkserver (Windows, macOS builds without it) the platform's default, spawn, is 
 from __future__ import annotations
 
 import multiprocessing
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
+from typing import Iterator
 
 import cv2
 import torch
@@ -37,3 +39,19 @@ def one_thread_per_worker(*_: object) -> None:
     keep_freed_memory()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+@contextmanager
+def one_thread_here() -> Iterator[None]:
+    """Inside, this process computes as one worker would (one OpenCV and one torch thread, so a job run
+    in-process gives a worker's results); after, the caller's thread counts are back. `generate_synthetic`
+    runs its clips this way when it needs no pool, then `egoattn demo` trains in the same process."""
+    cv_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+    keep_freed_memory()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(cv_threads)
+        torch.set_num_threads(torch_threads)

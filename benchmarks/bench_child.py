@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from egoattn.denormals import flush_denormals
 from egoattn.memory import keep_freed_memory
 
 #: Overrides of the demo recipe: a few steps (one short epoch); --quick also shrinks the frames.
@@ -76,6 +77,7 @@ def peak_rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as the egoattn command does
+    flush_denormals()
     ap = argparse.ArgumentParser()
     ap.add_argument("job", choices=["train", "predict"])
     ap.add_argument("paths", nargs="+", type=Path)

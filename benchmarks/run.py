@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
+from egoattn.denormals import flush_denormals  # noqa: E402
 from egoattn.memory import keep_freed_memory  # noqa: E402
 
 import bench_sections as bs  # noqa: E402
@@ -142,6 +143,7 @@ def busy_warning(info: dict) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as the egoattn command does
+    flush_denormals()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run with small sizes (under a minute)")
     ap.add_argument("--out", type=Path, default=None,

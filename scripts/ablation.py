@@ -32,6 +32,7 @@ from egoattn.data.synth import REVERSE_OF, generate_synthetic
 from egoattn.evaluation.compare import aggregate, cell_stat, format_cell, load_run_result, table_csv, table_markdown
 from egoattn.evaluation.evaluate import evaluate_late_fusion, evaluate_run
 from egoattn.fileio import write_text_atomic
+from egoattn.denormals import flush_denormals
 from egoattn.memory import keep_freed_memory
 from egoattn.training.run import train
 
@@ -159,6 +160,7 @@ def run_row(key: str, seed: int, data: Path, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as the egoattn command does
+    flush_denormals()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--data", type=Path, default=None, help="a prepared dataset (default: generate one)")

@@ -46,6 +46,7 @@ from egoattn.errors import BadInputError, ConfigError
 from egoattn.evaluation.compare import aggregate, load_run_result, table_csv, table_markdown
 from egoattn.evaluation.evaluate import evaluate_run
 from egoattn.fileio import read_json, read_yaml, write_json, write_text_atomic
+from egoattn.denormals import flush_denormals
 from egoattn.memory import keep_freed_memory
 from egoattn.privacy.protect import ProtectOptions, protect
 from egoattn.training.config import apply_overrides, dump_recipe, load_recipe
@@ -162,6 +163,7 @@ def table_one(metrics: dict[str, Any], title: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as the egoattn command does
+    flush_denormals()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a prepared synthetic dataset (compact or default preset)")
     parser.add_argument("--out", type=Path, default=Path("runs/stanet"))

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from egoattn.denormals import flush_denormals
 from egoattn.memory import keep_freed_memory
 
+flush_denormals()  # as the egoattn command does (egoattn.denormals)
 keep_freed_memory()  # as the egoattn command does (egoattn.memory): the suite's forwards fault in less
 
 

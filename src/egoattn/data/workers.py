@@ -18,6 +18,7 @@ from typing import Iterator
 import cv2
 import torch
 
+from egoattn.denormals import flush_denormals
 from egoattn.memory import keep_freed_memory
 
 #: Imported once in the forkserver, so that each worker starts without importing them again.
@@ -37,6 +38,7 @@ def one_thread_per_worker(*_: object) -> None:
     """Worker initialiser (Pool `initializer` or DataLoader `worker_init_fn`): each worker is one process
     on a shared machine, so no nested thread pools in OpenCV or torch; freed memory is reused (egoattn.memory)."""
     keep_freed_memory()
+    flush_denormals()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 

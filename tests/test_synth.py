@@ -88,7 +88,7 @@ def test_same_seed_same_frames_any_worker_count(dataset, tmp_path):
 def test_resume_skips_complete_clips(dataset, tmp_path):
     """Also: synthesising in-process (one worker, or a resume with one clip or none left) leaves the
     caller's torch and OpenCV thread counts as they were; `egoattn demo` trains in that process after it
-    (it used to be left at one thread, and a resumed demo trained at half speed on 2 cores)."""
+    (it used to be left at one thread, and a resumed demo trained on one of the 2 cores)."""
     import cv2
     import torch
 

@@ -5,7 +5,8 @@ gradients), and on Intel CPUs every product that touches one takes a slow microc
 2-core Intel Xeon of 2026-12-07 the benchmark's ConvLSTM forward + backward ran at 25 GFLOP/s with
 denormals and 235 GFLOP/s flushed, and its training step took 22.7 s instead of 1.6 s. Flushing changes
 only values smaller than float32 can hold at full precision. Threads created afterwards (torch's
-OpenMP pool, DataLoader workers' threads) inherit the setting, so call it at process start.
+OpenMP pool) inherit the setting, so call it at process start; worker processes call it in their
+initialiser (egoattn.data.workers).
 """
 
 from __future__ import annotations

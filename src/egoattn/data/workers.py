@@ -49,9 +49,7 @@ def one_thread_here() -> Iterator[None]:
     in-process gives a worker's results); after, the caller's thread counts are back. `generate_synthetic`
     runs its clips this way when it needs no pool, then `egoattn demo` trains in the same process."""
     cv_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
-    keep_freed_memory()
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    one_thread_per_worker()
     try:
         yield
     finally:

@@ -208,7 +208,6 @@ class SharedFrames:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.encoded: dict[int, dict[str, torch.Tensor]] = {}  # frame -> {key: (...) one frame's features}
-        self.frames_encoded = 0
 
     def features(self, crops: np.ndarray, frame_ids: np.ndarray) -> dict[str, torch.Tensor]:
         """(T, size, size, 3) uint8 crops of frames `frame_ids` -> the model's frame_features (1, T, ...)."""
@@ -223,7 +222,6 @@ class SharedFrames:
             out = p.model.encode_frames(rgb)
             for j, i in enumerate(new):
                 self.encoded[i] = {key: v[0, j] for key, v in out.items()}
-            self.frames_encoded += len(new)
         keys = self.encoded[ids[0]].keys()
         return {key: torch.stack([self.encoded[i][key] for i in ids])[None] for key in keys}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,7 @@ from egoattn.errors import BadInputError, ConfigError
 from egoattn.models import create_model, list_models, model_options
 from egoattn.models.registry import model_inputs
 from egoattn.models.attention import cam_attention, class_activation_map
-from egoattn.models.convlstm import ConvLSTM, ConvLSTMCell, InputGates
+from egoattn.models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMSequence, Geometry
 from egoattn.models.heads import (MotionSegmentationHead, OrderPredictionHead, motion_segmentation_loss,
                                   resize_motion_maps)
 from egoattn.models.twostream import TwoStream
@@ -107,14 +109,39 @@ def test_convlstm_sequence_equals_stepping_the_fused_cell_with_gradients(kernel,
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_input_gates_gradients_pass_gradcheck():
-    """The x part's custom backward (im2col + GEMM weight gradient) against finite differences."""
+@pytest.mark.parametrize("with_state", [False, True])
+def test_convlstm_backward_through_time_passes_gradcheck(with_state):
+    """The hand-written backward of the whole sequence (frames, weight, bias and the initial state)
+    against finite differences, in float64."""
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(8, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: InputGates.apply(*a, 1), (x, w, b))
-    torch.testing.assert_close(InputGates.apply(x, w, b, 1), F.conv2d(x, w, b, padding=1))
+    cin, hid, b, t, side = 3, 2, 2, 3, 4
+    geo = Geometry(b, side, side, 3, 1)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = [leaf(t * b, cin, side, side), leaf(4 * hid, cin + hid, 3, 3), leaf(4 * hid)]
+    inputs += [leaf(hid, b * side * side), leaf(hid, b * side * side)] if with_state else [None, None]
+    assert torch.autograd.gradcheck(lambda *a: ConvLSTMSequence.apply(*a, geo), tuple(inputs))
+
+
+def test_convlstm_channels_last_gives_the_contiguous_outputs_and_gradients():
+    """A model trained channels-last (recipe train.channels_last) converts the ConvLSTM's weight and its
+    input features to that layout: the same function and gradients."""
+    torch.manual_seed(0)
+    seq = ConvLSTM(6, 4)
+    x = torch.randn(2, 3, 6, 5, 5)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        net = copy.deepcopy(seq).to(memory_format=layout)
+        inp = x.flatten(0, 1).contiguous(memory_format=layout).view_as(x).requires_grad_(True)
+        hs, cs, _ = net(inp)
+        (hs.square().sum() + cs.sum()).backward()
+        results.append((hs, cs, inp.grad, net.cell.conv.weight.grad, net.cell.conv.bias.grad))
+    assert seq.cell.conv.weight.is_contiguous() and not copy.deepcopy(seq).to(
+        memory_format=torch.channels_last).cell.conv.weight.is_contiguous()
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_convlstm_under_bfloat16_autocast_follows_float32():

@@ -23,7 +23,7 @@ from torch import nn
 from egoattn.data.clipstore import ClipReader, ClipWriter
 from egoattn.data.manifest import ClipRecord, write_classes, write_manifest
 from egoattn.data.video import iter_frames, probe_video, write_video
-from egoattn.errors import BadInputError
+from egoattn.errors import BadInputError, ConfigError
 from egoattn.inference.predict import (
     Predictor,
     Preprocessing,
@@ -327,6 +327,32 @@ def test_a_channels_last_run_predicts_in_channels_last(tmp_path: Path) -> None:
     a = Predictor.from_loaded(contiguous, device="cpu")(crops)
     b = Predictor.from_loaded(channels_last, device="cpu")(crops)
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_predict_and_evaluate_follow_float32(tmp_path: Path) -> None:
+    """--precision bf16-mixed runs the model under bfloat16 autocast (its logits are not float32's bit for
+    bit) and stays within bfloat16's rounding of them; an unknown precision is refused before any clip."""
+    from egoattn.data.transforms import Normalize
+    from egoattn.evaluation.evaluate import predict_logits
+    from egoattn.training.run import load_run
+
+    loaded = load_run(make_tiny_run(tmp_path / "run", CLASSES))
+    crops = moving_shapes(4, 96, 96, seed=2)
+    fp32 = Predictor.from_loaded(loaded, device="cpu")(crops).logits
+    bf16 = Predictor.from_loaded(loaded, device="cpu", precision="bf16-mixed")(crops).logits
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)
+    assert np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()
+
+    rgb = torch.from_numpy(np.stack([crops, crops[::-1]]))  # (2, T, H, W, 3) uint8, as loaders ship it
+    batches = [{"rgb": rgb.permute(0, 1, 4, 2, 3), "label": torch.tensor([0, 1]), "clip_id": ["a", "b"]}]
+    norm = Normalize.for_model(loaded.model)
+    z32 = predict_logits(loaded.model, batches, normalize=norm).logits
+    z16 = predict_logits(loaded.model, batches, normalize=norm, precision="bf16-mixed").logits
+    assert z16.dtype == np.float32 and not np.array_equal(z16, z32)
+    assert np.abs(z16 - z32).max() < 0.05 * np.abs(z32).max()
+    np.testing.assert_allclose(z32[0], fp32, rtol=1e-4, atol=1e-5)  # the same clip either way
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        Predictor.from_loaded(loaded, device="cpu", precision="bf16")
 
 
 # --- bad input, directories, overlay ------------------------------------------------------------------

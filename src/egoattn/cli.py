@@ -19,6 +19,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
+PRECISION_HELP = ("32 (float32), bf16-mixed (bfloat16 autocast: faster on CPUs with bfloat16 instructions and "
+                  "on GPUs) or 16-mixed (float16 on a GPU).")
+
 
 @app.callback()
 def _process_setup() -> None:
@@ -142,6 +145,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Where to write (default RUN/eval-<split>; required for several runs)."),
     flow_stacks: int = typer.Option(1, help="Average flow logits over this many evenly spaced stacks."),
     crops: int = typer.Option(1, help="1 = centre crop, 5 = four corners and centre, averaged."),
+    precision: str = typer.Option("32", help=PRECISION_HELP),
 ) -> None:
     """Accuracy, per-class precision/recall/F1, verb/noun accuracy, confusion and correlation matrices.
 
@@ -150,9 +154,11 @@ def evaluate(
 
     try:
         if len(runs) == 1:
-            evaluate_run(runs[0], data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops)
+            evaluate_run(runs[0], data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops,
+                         precision=precision)
         else:
-            evaluate_late_fusion(runs, data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops)
+            evaluate_late_fusion(runs, data=data, split=split, out=out, flow_stacks=flow_stacks, crops=crops,
+                                 precision=precision)
     except EgoattnError as e:
         _fail(e)
 
@@ -227,13 +233,14 @@ def predict(
     overlay: Optional[Path] = typer.Option(None, help="Write OUT.mp4 with the label and the attention drawn on it."),
     out: Optional[Path] = typer.Option(None, help="Folder for predictions.json and the timelines "
                                                   "(default ./predictions with --window)."),
+    precision: str = typer.Option("32", help=PRECISION_HELP),
 ) -> None:
     """Top-k action labels of whole videos, or a timeline of windows; streams the video (flat memory)."""
     from egoattn.inference.predict import predict_videos
 
     try:
         report = predict_videos(run, videos, window=window, stride=stride, top_k=top_k, overlay=overlay,
-                                out=out, echo=typer.echo)
+                                out=out, echo=typer.echo, precision=precision)
     except EgoattnError as e:
         _fail(e)
     if report.failures:

@@ -104,7 +104,7 @@ def run_baseline(data: str | Path, features: str, classifier: str = "svm", split
 
     metrics = compute_metrics(y[te], scores, classes)
     metrics = {"name": name, "seed": seed, "run": str(out_dir), "checkpoint": "none", "data": str(data),
-               "split": split, "flow_stacks": 0, "crops": 0, **metrics}
+               "split": split, "flow_stacks": 0, "crops": 0, "precision": "float64", **metrics}  # scikit-learn
     pred = scores.argmax(axis=1)
     e = np.exp(scores - scores.max(axis=1, keepdims=True))
     probs = e / e.sum(axis=1, keepdims=True)  # softmax of the scores, for predictions.csv only

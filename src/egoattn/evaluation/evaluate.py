@@ -29,7 +29,9 @@ from egoattn.data.transforms import Normalize
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.evaluation.metrics import compute_metrics, headline, write_metrics
 from egoattn.evaluation.plots import plot_confusion, plot_correlation, plot_learning_curves
+from egoattn.models.precision import autocast_at
 from egoattn.models.registry import model_inputs
+from egoattn.training.config import Precision
 
 #: Inputs that are images (last two dims H, W) and can be cropped.
 SPATIAL_KEYS = ("rgb", "flow", "flow_pair")
@@ -69,8 +71,10 @@ def default_device() -> torch.device:
 
 
 def predict_logits(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], device: torch.device | str | None = None,
-                   crops: int = 1, crop_size: int | None = None, normalize: Normalize | None = None) -> Predictions:
-    """Run `model` over every batch of `loader` in eval mode without autograd.
+                   crops: int = 1, crop_size: int | None = None, normalize: Normalize | None = None,
+                   precision: Precision = "32") -> Predictions:
+    """Run `model` over every batch of `loader` in eval mode without autograd, under autocast at
+    `precision` (egoattn.models.precision.autocast_at; float32 logits either way).
 
     `device` defaults to where the model's parameters are. `normalize` turns each batch's uint8 inputs
     into the model's, on the device (egoattn's loaders ship uint8: pass `Normalize.for_model(model)`);
@@ -87,7 +91,7 @@ def predict_logits(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], 
     device = torch.device(device)
     model.eval()
     logits, labels, clip_ids = [], [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_at(device, precision):
         for batch in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(model, batch).items()}
             if normalize is not None:
@@ -158,8 +162,8 @@ def print_headline(metrics: Mapping[str, Any], title: str) -> None:
     Console().print(table)
 
 
-def _run_predictions(run: Path, data: Path, split: str | None, flow_stacks: int,
-                     crops: int) -> tuple[Any, str, Predictions]:
+def _run_predictions(run: Path, data: Path, split: str | None, flow_stacks: int, crops: int,
+                     precision: Precision) -> tuple[Any, str, Predictions]:
     """(the loaded best checkpoint, the split, its logits on that split)."""
     if flow_stacks < 1:
         raise ConfigError(f"flow_stacks must be >= 1, got {flow_stacks}")
@@ -173,7 +177,7 @@ def _run_predictions(run: Path, data: Path, split: str | None, flow_stacks: int,
     loader = _eval_loader(run_module, loaded, data, split, flow_stacks, crops)
     model = loaded.model.to(default_device())
     return loaded, split, predict_logits(model, loader, crops=crops, crop_size=loaded.recipe.data.size,
-                                         normalize=Normalize.for_model(model))
+                                         normalize=Normalize.for_model(model), precision=precision)
 
 
 def _write_evaluation(out: Path, metrics: dict[str, Any], classes: list[str], preds: Predictions, title: str,
@@ -192,27 +196,27 @@ def _write_evaluation(out: Path, metrics: dict[str, Any], classes: list[str], pr
 
 
 def evaluate_run(run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-                 flow_stacks: int = 1, crops: int = 1) -> dict[str, Any]:
+                 flow_stacks: int = 1, crops: int = 1, precision: Precision = "32") -> dict[str, Any]:
     """Evaluate the best checkpoint of `run` on `split` of the prepared dataset `data`; returns the metrics."""
     run, data = Path(run), Path(data)
-    loaded, split, preds = _run_predictions(run, data, split, flow_stacks, crops)
+    loaded, split, preds = _run_predictions(run, data, split, flow_stacks, crops, precision)
     out = Path(out) if out is not None else run / f"eval-{split.replace(':', '-')}"
-    return _evaluate_predictions(run, loaded, data, split, preds, out, flow_stacks, crops)
+    return _evaluate_predictions(run, loaded, data, split, preds, out, flow_stacks, crops, precision)
 
 
 def _evaluate_predictions(run: Path, loaded: Any, data: Path, split: str, preds: Predictions, out: Path,
-                          flow_stacks: int, crops: int) -> dict[str, Any]:
+                          flow_stacks: int, crops: int, precision: Precision) -> dict[str, Any]:
     recipe, classes = loaded.recipe, list(loaded.classes)
     metrics = compute_metrics(preds.labels, preds.logits, classes)
     metrics = {"name": recipe.name, "seed": recipe.seed, "run": str(run), "checkpoint": "best", "data": str(data),
-               "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
+               "split": split, "flow_stacks": flow_stacks, "crops": crops, "precision": precision, **metrics}
     _write_evaluation(out, metrics, classes, preds, f"{recipe.name} on {split}", run / "metrics.csv")
     return metrics
 
 
 def evaluate_late_fusion(runs: Sequence[str | Path], data: str | Path, split: str | None = None,
                          out: str | Path | None = None, flow_stacks: int = 1, crops: int = 1,
-                         stream_outs: Sequence[str | Path] | None = None) -> dict[str, Any]:
+                         stream_outs: Sequence[str | Path] | None = None, precision: Precision = "32") -> dict[str, Any]:
     """Late fusion of separately trained streams (e.g. the RGB and the flow run of a two-stream model): each
     run predicts the split through its own input pipeline (frames, size, modality) and the fused logits
     are their mean, the 0.5 / 0.5 late fusion of ``twostream``. Writes the evaluation of the fused scores
@@ -223,7 +227,7 @@ def evaluate_late_fusion(runs: Sequence[str | Path], data: str | Path, split: st
         raise ConfigError(f"late fusion needs at least two runs, got {len(runs)}")
     if out is None:
         raise ConfigError("late fusion of several runs needs an output folder (out=)")
-    predicted = [_run_predictions(run, data, split, flow_stacks, crops) for run in runs]
+    predicted = [_run_predictions(run, data, split, flow_stacks, crops, precision) for run in runs]
     (first, split, base), rest = predicted[0], predicted[1:]
     classes = list(first.classes)
     index = {clip: i for i, clip in enumerate(base.clip_ids)}
@@ -240,12 +244,12 @@ def evaluate_late_fusion(runs: Sequence[str | Path], data: str | Path, split: st
     fused = Predictions(np.mean(logits, axis=0), base.labels, base.clip_ids)
     if stream_outs is not None and len(stream_outs) != len(runs):
         raise ConfigError(f"stream_outs needs one folder per run ({len(runs)}), got {len(stream_outs)}")
-    streams = [_evaluate_predictions(run, loaded, data, split, preds, Path(o), flow_stacks, crops)
+    streams = [_evaluate_predictions(run, loaded, data, split, preds, Path(o), flow_stacks, crops, precision)
                for run, (loaded, _, preds), o in zip(runs, predicted, stream_outs or [])]
     names = [loaded.recipe.name for loaded, _, _ in predicted]
     metrics = compute_metrics(fused.labels, fused.logits, classes)
     metrics = {"name": "late fusion: " + " + ".join(names), "seed": first.recipe.seed,
                "runs": [str(r) for r in runs], "fusion": "mean of logits", "checkpoint": "best", "data": str(data),
-               "split": split, "flow_stacks": flow_stacks, "crops": crops, **metrics}
+               "split": split, "flow_stacks": flow_stacks, "crops": crops, "precision": precision, **metrics}
     _write_evaluation(Path(out), metrics, classes, fused, f"{metrics['name']} on {split}", None)
     return {**metrics, "streams": streams} if streams else metrics

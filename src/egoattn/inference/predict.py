@@ -45,6 +45,8 @@ from egoattn.data.transforms import CenterCrop, Compose, Normalize, Resize, ToTe
 from egoattn.data.video import FrameToRGB, iter_decoded, iter_frames, probe_video, short_side_size, write_video
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.fileio import write_json, write_text_atomic
+from egoattn.models.precision import autocast_at
+from egoattn.training.config import Precision
 
 #: File endings taken from a directory of videos (a file named explicitly may have any ending).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
@@ -141,42 +143,52 @@ class ClipOutput:
 
 
 class Predictor:
-    """A trained RGB model with its pre-processing: crops in, probabilities and attention out."""
+    """A trained RGB model with its pre-processing: crops in, probabilities and attention out.
+
+    `precision` runs the model under autocast (egoattn.models.precision.autocast_at): "bf16-mixed" pays
+    off on CPUs with bfloat16 instructions and on GPUs; "32" (float32) is the default."""
 
     def __init__(self, model: nn.Module, classes: Sequence[str], prep: Preprocessing,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, precision: Precision = "32") -> None:
         from egoattn.evaluation.evaluate import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
         self.prep = prep
+        self.precision = precision
+        autocast_at(self.device, precision)  # an unknown precision fails here, not at the first clip
 
     @classmethod
-    def from_loaded(cls, loaded: Any, device: torch.device | str | None = None) -> "Predictor":
+    def from_loaded(cls, loaded: Any, device: torch.device | str | None = None,
+                    precision: Precision = "32") -> "Predictor":
         """From a `LoadedRun` (egoattn.training.run.load_run); RGB models only."""
         mods = [m for m in loaded.recipe.data.modalities if m in FLOW_MODALITIES]
         if mods or "rgb" not in loaded.recipe.data.modalities:
             raise ConfigError(f"{loaded.run_dir}: predict on raw video supports RGB models; this run's model reads "
                               f"{list(loaded.recipe.data.modalities)} (optical flow is not computed here)")
-        return cls(loaded.model, loaded.classes, Preprocessing.from_recipe(loaded.recipe, loaded.model), device)
+        prep = Preprocessing.from_recipe(loaded.recipe, loaded.model)
+        return cls(loaded.model, loaded.classes, prep, device, precision)
 
     @classmethod
-    def from_run(cls, run: str | Path, which: str = "best", device: torch.device | str | None = None) -> "Predictor":
+    def from_run(cls, run: str | Path, which: str = "best", device: torch.device | str | None = None,
+                 precision: Precision = "32") -> "Predictor":
         from egoattn.training.run import load_run
 
-        return cls.from_loaded(load_run(run, which=which), device)
+        return cls.from_loaded(load_run(run, which=which), device, precision)
 
     @torch.inference_mode()
     def __call__(self, crops: Sequence[np.ndarray] | np.ndarray) -> ClipOutput:
         """T uint8 crops (a list, or one (T, size, size, 3) array) -> one clip's output."""
-        return self.clip_output(self.model(rgb=self.prep.to_tensor(crops, self.device)[None]))
+        with autocast_at(self.device, self.precision):
+            return self.clip_output(self.model(rgb=self.prep.to_tensor(crops, self.device)[None]))
 
     @torch.inference_mode()
     def window(self, crops: np.ndarray, frame_ids: np.ndarray, shared: "SharedFrames") -> ClipOutput:
         """One window of a video: like calling the predictor on `crops`, but frames (by absolute index)
         that `shared` encoded for an earlier window are not encoded again."""
-        return self.clip_output(self.model(frame_features=shared.features(crops, frame_ids)))
+        with autocast_at(self.device, self.precision):
+            return self.clip_output(self.model(frame_features=shared.features(crops, frame_ids)))
 
     def shares_frames(self) -> bool:
         """Whether the model encodes each frame on its own (`encode_frames`) from RGB alone, so that windows
@@ -541,13 +553,14 @@ def _unique_stems(videos: Sequence[Path]) -> list[str]:
 
 def predict_videos(run: str | Path | Predictor, videos: Sequence[str | Path], window: float | None = None,
                    stride: float | None = None, top_k: int = 5, overlay: str | Path | None = None,
-                   out: str | Path | None = None, echo: Any = print) -> PredictReport:
+                   out: str | Path | None = None, echo: Any = print, precision: Precision = "32") -> PredictReport:
     """Predict every video (files, or directories of videos); a bad video is reported and skipped.
 
     Writes OUT/predictions.json and, with a window, OUT/<video>.timeline.csv / .json (OUT defaults to
     ./predictions when a window is given). With several videos, --overlay X.mp4 becomes X-<video>.mp4.
+    `precision` applies to a run directory; a Predictor keeps its own.
     """
-    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run)
+    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, precision=precision)
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     window_plan(10**6, 30.0, window, stride)  # option errors before any decoding
@@ -575,7 +588,8 @@ def predict_videos(run: str | Path | Predictor, videos: Sequence[str | Path], wi
         _echo_result(result, echo)
     if out is not None:
         write_json(out / "predictions.json", {
-            "preprocessing": predictor.prep.to_json(), "window": window, "stride": stride,
+            "preprocessing": predictor.prep.to_json(), "precision": predictor.precision, "window": window,
+            "stride": stride,
             "videos": [r.summary() | ({"timeline": r.timeline()} if window is not None else {}) for r in results],
             "failures": [{"video": str(p), "error": e} for p, e in failures]})
     if failures:

@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from egoattn.errors import BadInputError, ConfigError
 from egoattn.fileio import read_yaml
 
+#: Lightning's precision names, as `train.precision` and `--precision` (evaluate, predict) take them.
+Precision = Literal["32", "16-mixed", "bf16-mixed"]
+
 #: Other names of shipped recipes (`egoattn train demo` = the CPU attention model of the demo).
 ALIASES = {"demo": "cpu_egornn_cam"}
 
@@ -80,7 +83,7 @@ class ParamsSection(_Section):
 
 class TrainSection(_Section):
     epochs: int = Field(1, ge=1)
-    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    precision: Precision = "32"
     channels_last: bool = False
     gradient_clip: Optional[float] = Field(None, gt=0.0)
     devices: Optional[int] = Field(None, ge=1)  # None: one device

@@ -40,9 +40,6 @@ from torch.autograd.function import once_differentiable
 
 from egoattn.models.precision import full_precision
 
-GATES = ("i", "f", "o", "g")
-
-
 class ConvLSTMCell(nn.Module):
     def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3) -> None:
         super().__init__()

@@ -214,7 +214,9 @@ def cpu_flags() -> set[str]:
 
 def native_bf16() -> bool:
     """True when the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); otherwise bf16 is emulated."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    from egoattn.models.precision import cpu_bfloat16
+
+    return cpu_bfloat16() is True
 
 
 def machine_info() -> dict[str, Any]:

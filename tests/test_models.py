@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -217,6 +218,28 @@ def test_convlstm_init_is_xavier_per_separate_convolution():
     h_std = (2 / (48 * 9 + 48 * 9)) ** 0.5
     assert w[:, :64].std().item() == pytest.approx(x_std, rel=0.05)
     assert w[:, 64:].std().item() == pytest.approx(h_std, rel=0.05)
+
+
+def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emulated bfloat16 runs slower than float32: asking for it on such a CPU warns, nowhere else."""
+    from egoattn.models import precision
+
+    assert precision.bfloat16_in_cpuinfo("processor : 0\nflags : fpu avx2 avx512f\n") is False
+    assert precision.bfloat16_in_cpuinfo("flags : fpu avx512f avx512_bf16\n") is True
+    assert precision.bfloat16_in_cpuinfo("Features : fp asimd bf16 i8mm\n") is True
+    assert precision.bfloat16_in_cpuinfo("vendor_id : Apple\n") is None
+    monkeypatch.setattr(precision, "cpu_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="no bfloat16 instructions"):
+        precision.autocast_at("cpu", "bf16-mixed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision.autocast_at("cpu", "32")
+        precision.warn_if_emulated("cuda", "bf16-mixed")
+        for native in (True, None):
+            monkeypatch.setattr(precision, "cpu_bfloat16", lambda: native)
+            precision.autocast_at("cpu", "bf16-mixed")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        precision.autocast_at("cpu", "bf16")
 
 
 # ------------------------------------------------------------------------------------------ CAM

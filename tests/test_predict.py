@@ -329,6 +329,7 @@ def test_a_channels_last_run_predicts_in_channels_last(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:precision bf16-mixed")  # on CPUs that emulate it
 def test_bfloat16_predict_and_evaluate_follow_float32(tmp_path: Path) -> None:
     """--precision bf16-mixed runs the model under bfloat16 autocast (its logits are not float32's bit for
     bit) and stays within bfloat16's rounding of them; an unknown precision is refused before any clip."""

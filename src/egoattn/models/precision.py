@@ -8,6 +8,9 @@ compute those in float32 (:func:`full_precision`), as cuDNN's half-precision LST
 
 from __future__ import annotations
 
+import functools
+import warnings
+from pathlib import Path
 from typing import get_args
 
 import torch
@@ -30,5 +33,33 @@ def autocast_at(device: torch.device | str, precision: str) -> torch.autocast:
     if precision not in get_args(Precision):
         raise ConfigError(f"precision must be one of {', '.join(get_args(Precision))}; got {precision!r}")
     device_type = torch.device(device).type
+    warn_if_emulated(device_type, precision)
     dtype = torch.float16 if precision == "16-mixed" and device_type != "cpu" else torch.bfloat16
     return torch.autocast(device_type, dtype=dtype, enabled=precision != "32")
+
+
+@functools.cache
+def cpu_bfloat16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX, Arm's BF16 extension), from
+    Linux's /proc/cpuinfo; None where that file does not say."""
+    try:
+        return bfloat16_in_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
+def bfloat16_in_cpuinfo(text: str) -> bool | None:
+    """The bfloat16 flag of a /proc/cpuinfo text (x86 "flags", Arm "Features"); None without either line."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(set(value.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+    return None
+
+
+def warn_if_emulated(device: torch.device | str, precision: str) -> None:
+    """Warn when `precision` asks for bfloat16 on a CPU that would emulate it: oneDNN's fallback runs the
+    backbones at 0.43-0.50x their float32 speed (the 2-core Intel Xeon of BENCHMARKS.md)."""
+    if precision != "32" and torch.device(device).type == "cpu" and cpu_bfloat16() is False:
+        warnings.warn(f"precision {precision}: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+                      "so bfloat16 is emulated and runs slower than float32 (precision 32)", stacklevel=3)

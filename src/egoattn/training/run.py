@@ -49,6 +49,7 @@ from egoattn.data.manifest import read_classes, write_classes
 from egoattn.data.transforms import Normalize
 from egoattn.errors import BadInputError, ConfigError, EgoattnError
 from egoattn.models.registry import create_model
+from egoattn.models.precision import warn_if_emulated
 from egoattn.fileio import atomic_path, read_yaml, write_json, write_text_atomic
 from egoattn.training.config import Recipe, apply_overrides, dump_recipe, load_recipe, validate_recipe
 from egoattn.training.task import ActionRecognitionTask
@@ -285,6 +286,8 @@ def _trainer_options(recipe: Recipe, devices: int | None, num_nodes: int) -> dic
         accelerator = "cpu"
     devices = devices or t.devices or 1
     precision = "bf16-mixed" if on_cpu and t.precision == "16-mixed" else t.precision
+    if on_cpu:
+        warn_if_emulated("cpu", precision)
     if devices * num_nodes > 1:
         strategy: Any = DDPStrategy(process_group_backend="gloo" if on_cpu else None, timeout=DDP_TIMEOUT)
     else:

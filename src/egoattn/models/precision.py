@@ -4,6 +4,9 @@ Autocast runs convolutions and matrix products in the reduced precision and leav
 the dtype it is given. A value that accumulates (a recurrent cell state) or a softmax over values that
 differ by little (an attention map) loses information in bfloat16's 8 significant bits, so the models
 compute those in float32 (:func:`full_precision`), as cuDNN's half-precision LSTMs do for their states.
+
+:func:`autocast_at` is the autocast context of a precision name (evaluate and predict's ``--precision``),
+and :func:`warn_if_emulated` says when a CPU without bfloat16 instructions would make it slower.
 """
 
 from __future__ import annotations

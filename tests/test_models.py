@@ -229,6 +229,7 @@ def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch: pytest.MonkeyPatch) -> 
     assert precision.bfloat16_in_cpuinfo("Features : fp asimd bf16 i8mm\n") is True
     assert precision.bfloat16_in_cpuinfo("vendor_id : Apple\n") is None
     monkeypatch.setattr(precision, "cpu_bfloat16", lambda: False)
+    precision._warn_emulated.cache_clear()  # it warns once per process
     with pytest.warns(UserWarning, match="no bfloat16 instructions"):
         precision.autocast_at("cpu", "bf16-mixed")
     with warnings.catch_warnings():

@@ -64,5 +64,10 @@ def warn_if_emulated(device: torch.device | str, precision: str) -> None:
     """Warn when `precision` asks for bfloat16 on a CPU that would emulate it: oneDNN's fallback runs the
     backbones at 0.43-0.50x their float32 speed (the 2-core Intel Xeon of BENCHMARKS.md)."""
     if precision != "32" and torch.device(device).type == "cpu" and cpu_bfloat16() is False:
-        warnings.warn(f"precision {precision}: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), "
-                      "so bfloat16 is emulated and runs slower than float32 (precision 32)", stacklevel=3)
+        _warn_emulated(precision)
+
+
+@functools.cache  # once per process, however many places ask
+def _warn_emulated(precision: str) -> None:
+    warnings.warn(f"precision {precision}: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+                  "so bfloat16 is emulated and runs slower than float32 (precision 32)", stacklevel=4)

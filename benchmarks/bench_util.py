@@ -213,7 +213,8 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16() -> bool:
-    """True when the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); otherwise bf16 is emulated."""
+    """True when the CPU has bfloat16 arithmetic (egoattn.models.precision.cpu_bfloat16); otherwise bf16 is
+    emulated."""
     from egoattn.models.precision import cpu_bfloat16
 
     return cpu_bfloat16() is True
